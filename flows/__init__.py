@@ -1,0 +1,1 @@
+"""Prefect flows that compose tasks/ into the per-language pipeline (flow `pea`, deployment `train-language`)."""

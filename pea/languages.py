@@ -1,0 +1,65 @@
+"""The language registry: which encoder, CLIP, translation model and buckets each language uses."""
+
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pea.errors import PeaError
+from pea.resources import load_yaml
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EncoderSpec(_Frozen):
+    """A text encoder as a GPU user loads it: `loader` is `transformers:<Class>` or `open_clip:<arch>`."""
+
+    id: str
+    loader: str
+    tokenizer: str
+    hidden_size: int
+    max_tokens: int
+    hidden_layer: int = -1
+
+
+class ModelRef(_Frozen):
+    id: str
+    loader: str
+
+
+class TranslationSpec(_Frozen):
+    id: str
+    code: str
+
+
+class PaperEncoder(_Frozen):
+    id: str
+    why_not: str
+
+
+class Language(_Frozen):
+    code: str
+    name: str
+    native_name: str
+    student_encoder: EncoderSpec
+    clipscore: ModelRef
+    translation: TranslationSpec
+    buckets: dict[str, int]
+    paper_encoder: PaperEncoder | None = None
+
+
+@cache
+def registry() -> dict[str, Language]:
+    raw = load_yaml("languages.yaml")
+    try:
+        return {code: Language(code=code, **entry) for code, entry in raw.items()}
+    except ValidationError as e:
+        raise PeaError(f"pea/resources/languages.yaml is invalid: {e}", "fix the entry it names") from e
+
+
+def get_language(code: str) -> Language:
+    langs = registry()
+    if code not in langs:
+        raise PeaError(f"unknown language {code!r}", f"use one of: {', '.join(langs)}")
+    return langs[code]

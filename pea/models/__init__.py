@@ -1,0 +1,1 @@
+"""Loading and building the frozen models: diffusion pipelines and text encoders."""

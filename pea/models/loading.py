@@ -1,0 +1,48 @@
+"""One way to load every frozen model, whether it comes from the hub, a local path or a tiny build."""
+
+from pathlib import Path
+
+from pea.errors import PeaError
+from pea.languages import EncoderSpec
+from pea.models.tiny import ensure_built, tiny_names
+from pea.presets import Preset
+
+
+def pipeline_source(preset: Preset, model_cache: Path) -> str:
+    """What from_pretrained is given: the hub id or path of a real preset, the built folder of a tiny one."""
+    if preset.is_built_locally:
+        return str(ensure_built(preset.build, model_cache))
+    return preset.model_id
+
+
+def encoder_source(spec: EncoderSpec, model_cache: Path) -> str:
+    if spec.id in tiny_names():
+        return str(ensure_built(spec.id, model_cache))
+    return spec.id
+
+
+def load_pipeline(preset: Preset, model_cache: Path, pipeline_cls=None, **kwargs):
+    """The base model's diffusers pipeline (or `pipeline_cls`, e.g. an inpainting or ControlNet one)."""
+    import diffusers
+
+    cls = pipeline_cls or (
+        diffusers.StableDiffusionXLPipeline if preset.family == "sdxl" else diffusers.StableDiffusionPipeline
+    )
+    source = pipeline_source(preset, model_cache)
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise PeaError(
+            f"cannot load base model {source!r} for preset {preset.name!r}: {e}",
+            "check the hub id or path, your network or HF_HOME cache, or use a tiny preset",
+        ) from e
+
+
+def load_transformers_class(qualified: str):
+    """`transformers:<Class>` -> the class."""
+    import transformers
+
+    library, _, name = qualified.partition(":")
+    if library != "transformers" or not hasattr(transformers, name):
+        raise PeaError(f"unsupported loader {qualified!r}", "use transformers:<ClassName>")
+    return getattr(transformers, name)

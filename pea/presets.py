@@ -1,0 +1,47 @@
+"""Base-model presets: real hub ids for GPU users, tiny built-locally models for CPUs and tests."""
+
+from functools import cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pea.errors import PeaError
+from pea.languages import EncoderSpec, Language
+from pea.resources import load_yaml
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    family: Literal["sd15", "sdxl"]
+    context_dim: int
+    resolution: int
+    pooled_dim: int | None = None
+    model_id: str | None = None
+    build: str | None = None
+    student_encoder: EncoderSpec | None = None
+
+    @property
+    def is_built_locally(self) -> bool:
+        return self.build is not None
+
+    def student_for(self, language: Language) -> EncoderSpec:
+        """Tiny presets bring their own (any-language, byte-level) student; real ones use the language's."""
+        return self.student_encoder or language.student_encoder
+
+
+@cache
+def registry() -> dict[str, Preset]:
+    raw = load_yaml("presets.yaml")
+    try:
+        return {name: Preset(name=name, **entry) for name, entry in raw.items()}
+    except ValidationError as e:
+        raise PeaError(f"pea/resources/presets.yaml is invalid: {e}", "fix the entry it names") from e
+
+
+def get_preset(name: str) -> Preset:
+    presets = registry()
+    if name not in presets:
+        raise PeaError(f"unknown preset {name!r}", f"use one of: {', '.join(presets)}")
+    return presets[name]

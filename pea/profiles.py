@@ -1,0 +1,127 @@
+"""Profiles: where a run's compute, storage and tracking live (local machine vs. cluster).
+
+A profile is a YAML file (a built-in name or a path) plus environment overrides. The environment is read
+by the entry point only and handed in as a mapping: nothing below the CLI or a flow reads it itself.
+Override keys are `PEA_<FIELD>`, nested with `__`: PEA_STORAGE_ROOT=s3://b/p, PEA_RAY__NUM_WORKERS=4.
+"""
+
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pea.errors import PeaError
+from pea.resources import resource_path
+
+ENV_PREFIX = "PEA_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RayProfile(_Strict):
+    address: str | None = None  # None: start a local Ray; "auto" or ray://host:10001 for a cluster
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class Profile(_Strict):
+    name: str
+    data_dir: Path  # local working folder: model cache, SQLite, scratch
+    storage_root: str  # local path or s3://bucket/prefix
+    mlflow_tracking_uri: str
+    preset: str
+    ray: RayProfile = RayProfile()
+
+    @property
+    def model_cache(self) -> Path:
+        return self.data_dir / "models"
+
+
+def builtin_profiles() -> list[str]:
+    return sorted(p.stem for p in resource_path("profiles").glob("*.yaml"))
+
+
+def _read_profile_file(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        if name_or_path not in builtin_profiles():
+            raise PeaError(
+                f"unknown profile {name_or_path!r}",
+                f"use one of: {', '.join(builtin_profiles())}, or the path of a profile YAML file",
+            )
+        path = resource_path("profiles", f"{name_or_path}.yaml")
+    if not path.is_file():
+        raise PeaError(f"profile file {path} does not exist", "give the path of a profile YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise PeaError(f"profile file {path} is not valid YAML ({e})", "fix the syntax") from e
+    if not isinstance(raw, dict):
+        raise PeaError(f"profile file {path} does not hold a mapping of fields", "see pea/resources/profiles/")
+    return raw
+
+
+def _apply_env(raw: dict, env: Mapping[str, str]) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}PROFILE":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _first_error(e: ValidationError, source: str) -> PeaError:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    env_name = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+    kinds = {"missing": "is missing", "extra_forbidden": "is not a profile field"}
+    what = kinds.get(err["type"], f"is invalid: {err['msg']}")
+    fix = f"set {field} in the profile file or {env_name}" if err["type"] != "extra_forbidden" else (
+        f"remove or correct it (fields: {', '.join(Profile.model_fields)})"
+    )
+    return PeaError(f"profile {source}: field {field!r} {what}", fix)
+
+
+def load_profile(name_or_path: str = "local", env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Profile:
+    """Read a profile, apply `env` overrides, make paths absolute against `cwd`."""
+    raw = _apply_env(_read_profile_file(name_or_path), env or {})
+    try:
+        data_dir = (Path(cwd or Path.cwd()) / str(raw.get("data_dir", ""))).resolve()
+        for key in ("storage_root", "mlflow_tracking_uri"):
+            if isinstance(raw.get(key), str):
+                raw[key] = raw[key].replace("{data_dir}", str(data_dir))
+        raw["data_dir"] = data_dir
+        return Profile(**raw)
+    except ValidationError as e:
+        raise _first_error(e, name_or_path) from e
+
+
+def check_mlflow(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail early, with the fix, when the tracking server cannot be reached."""
+    fix = "start the server (`mlflow server --host 127.0.0.1`), or set mlflow_tracking_uri / PEA_MLFLOW_TRACKING_URI"
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            raise PeaError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)})", fix) from e
+        raise PeaError(f"MLflow tracking server {uri} did not answer /health with 200", fix)
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PeaError(f"cannot create {folder} for the MLflow SQLite database ({e})", fix) from e
+        return
+    raise PeaError(f"unsupported MLflow tracking URI {uri!r}", "use sqlite:///path/mlflow.db or http(s)://host:port")
