@@ -127,6 +127,27 @@ def train_language(
     run_language(language, _profile(profile, preset), echo=typer.echo)
 
 
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt, in the adapter's language.")],
+    lang: LangOpt,
+    adapter: Annotated[Path, typer.Option(help="Folder of a saved adapter (adapter.json + adapter.safetensors).")],
+    out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("out.png"),
+    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 30,
+    guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    profile: ProfileOpt = "local",
+    preset: Annotated[str | None, typer.Option(help="Override the profile's preset.")] = None,
+):
+    """Generate an image from a native-language prompt with a trained adapter."""
+    from pea.generate import generate_image
+
+    prof = _profile(profile, preset)
+    path = generate_image(prompt, lang, adapter, out, prof, negative=negative, steps=steps, guidance=guidance, seed=seed)
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     try:
         app()

@@ -21,6 +21,7 @@ class EncoderSpec(_Frozen):
     hidden_size: int
     max_tokens: int
     hidden_layer: int = -1
+    use_attention_mask: bool = True  # CLIP text towers in SD pipelines are run without one
 
 
 class ModelRef(_Frozen):

@@ -53,7 +53,8 @@ class TextEncoder:
         )
         ids = tok["input_ids"].to(self.device)
         mask = tok["attention_mask"].to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        model_mask = mask if self.spec.use_attention_mask else None
+        out = self.model(input_ids=ids, attention_mask=model_mask, output_hidden_states=True)
         layer = self.spec.hidden_layer
         states = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         if states.shape[-1] != self.spec.hidden_size:

@@ -46,3 +46,13 @@ def load_transformers_class(qualified: str):
     if library != "transformers" or not hasattr(transformers, name):
         raise PeaError(f"unsupported loader {qualified!r}", "use transformers:<ClassName>")
     return getattr(transformers, name)
+
+
+def freeze(pipe):
+    """Every model in the pipeline to eval mode with requires_grad off: pea trains the adapter only."""
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    return pipe

@@ -1,0 +1,129 @@
+"""The PEA adapter: a small MLP from a frozen student text encoder into the UNet's conditioning space.
+
+Paper Sec. 3.3: LayerNorm on the student's token states, then an MLP (GELU) to the UNet's context width.
+For SDXL-family UNets it also gives the pooled embedding the UNet's added conditioning needs; we derive it
+from the adapted tokens (masked mean, then a linear head), so one set of token states drives both.
+Saved as safetensors + a JSON config; never pickled.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pea.errors import PeaError
+
+WEIGHTS = "adapter.safetensors"
+CONFIG = "adapter.json"
+
+
+class AdapterConfig(BaseModel):
+    """Dimensions plus what the adapter was trained for (checked again when it is loaded)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_dim: int = Field(gt=0)  # student encoder's hidden size
+    context_dim: int = Field(gt=0)  # UNet cross-attention width (768 SD1.5, 2048 SDXL)
+    pooled_dim: int | None = Field(None, gt=0)  # SDXL pooled text embedding (1280), None for SD1.5
+    hidden_dims: tuple[int, ...] = (1024,)
+    language: str | None = None
+    student_encoder: str | None = None
+    base_model: str | None = None
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: (B, L, context_dim) tokens and, for SDXL, a (B, pooled_dim) vector."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, C), (B, L) -> (B, C): the mean over real tokens only."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class PEAAdapter(nn.Module):
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [nn.LayerNorm(config.input_dim)]
+        width = config.input_dim
+        for hidden in config.hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        layers.append(nn.Linear(width, config.context_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.pooled = nn.Linear(config.context_dim, config.pooled_dim) if config.pooled_dim else None
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> Conditioning:
+        """states (B, L, input_dim), mask (B, L) -> context (B, L, context_dim), pooled (B, pooled_dim)."""
+        context = self.mlp(states)
+        pooled = self.pooled(masked_mean(context, mask)) if self.pooled is not None else None
+        return Conditioning(context=context, pooled=pooled)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, folder: Path) -> Path:
+        """Write weights and config to `folder` atomically (temporary names, then rename)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights_tmp, config_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{CONFIG}.tmp"
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, weights_tmp, metadata={"format": "pt"})
+        config_tmp.write_text(self.config.model_dump_json(indent=2))
+        weights_tmp.replace(folder / WEIGHTS)
+        config_tmp.replace(folder / CONFIG)
+        return folder
+
+
+def _expect(name: str, got, want, fix: str) -> None:
+    if want is not None and got != want:
+        raise PeaError(f"adapter {name} is {got}, but this model needs {want}", fix)
+
+
+def load_adapter(
+    folder: Path,
+    input_dim: int | None = None,
+    context_dim: int | None = None,
+    pooled_dim: int | None = None,
+    language: str | None = None,
+) -> PEAAdapter:
+    """Load an adapter and check it fits the encoder (input_dim), the UNet (context/pooled) and the language."""
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise PeaError(f"{folder} holds no adapter ({CONFIG} + {WEIGHTS})", "point --adapter at a saved adapter folder")
+    try:
+        config = AdapterConfig.model_validate_json((folder / CONFIG).read_text(encoding="utf-8"))
+    except (ValidationError, UnicodeDecodeError) as e:
+        raise PeaError(f"{folder / CONFIG} is not a valid adapter config ({e})", "re-export the adapter") from e
+    if language and config.language and config.language != language:
+        raise PeaError(
+            f"this adapter was trained for {config.language!r}, not {language!r}",
+            f"use --lang {config.language} or an adapter trained for {language}",
+        )
+    _expect("input width", config.input_dim, input_dim, "use the student encoder it was trained with")
+    _expect("context width", config.context_dim, context_dim, "use the base model family it was trained for")
+    _expect("pooled width", config.pooled_dim, pooled_dim, "use the base model family it was trained for")
+    try:
+        state = load_file(folder / WEIGHTS)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PeaError(
+            f"{folder / WEIGHTS} is not a readable safetensors file ({e})", "re-export or re-download the adapter"
+        ) from e
+    adapter = PEAAdapter(config)
+    expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
+        raise PeaError(f"{folder / WEIGHTS} does not match its config (first differences: {diff})", "re-export the adapter")
+    adapter.load_state_dict(state)
+    return adapter

@@ -1,0 +1,63 @@
+"""Native-language prompts into any diffusers SD/SDXL pipeline.
+
+The student encoder and the adapter turn the prompt into `prompt_embeds` (+ `pooled_prompt_embeds` on SDXL)
+and the wrapped pipeline does everything else, so schedulers, LoRAs, ControlNets, inpainting, LCM and turbo
+models keep working: wrap whichever pipeline you built.
+"""
+
+from pathlib import Path
+
+from pea.adapter import load_adapter
+from pea.conditioning import StudentConditioner, check_prompts, is_sdxl, null_is_zeros
+from pea.errors import PeaError
+from pea.languages import Language
+from pea.models.encoders import load_text_encoder
+from pea.models.loading import load_pipeline
+from pea.presets import Preset
+
+
+class PEAPipeline:
+    def __init__(self, pipe, conditioner):
+        self.pipe = pipe
+        self.conditioner = conditioner
+
+    def to(self, device) -> "PEAPipeline":
+        self.pipe.to(device)
+        self.conditioner.encoder.to(device)
+        self.conditioner.adapter.to(device)
+        return self
+
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, **kwargs):
+        """Everything but the prompts goes to the wrapped pipeline (image=, mask_image=, generator=, ...)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        check_prompts(prompts)
+        cond = self.conditioner(prompts)
+        if negative_prompt:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            neg = self.conditioner(negatives)
+        else:
+            neg = self.conditioner.null(len(prompts))
+        kwargs |= dict(prompt_embeds=cond.context, negative_prompt_embeds=neg.context.contiguous())
+        if is_sdxl(self.pipe):
+            kwargs |= dict(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=neg.pooled.contiguous())
+        return self.pipe(**kwargs)
+
+    @classmethod
+    def wrap(cls, pipe, adapter_dir: Path, language: Language, preset: Preset, model_cache: Path) -> "PEAPipeline":
+        """Attach the adapter at `adapter_dir` and the language's student encoder to an existing pipeline."""
+        spec = preset.student_for(language)
+        context = pipe.unet.config.cross_attention_dim
+        pooled = pipe.text_encoder_2.config.projection_dim if is_sdxl(pipe) else None
+        adapter = load_adapter(adapter_dir, spec.hidden_size, context, pooled, language.code)
+        if adapter.config.student_encoder and adapter.config.student_encoder != spec.id:
+            raise PeaError(
+                f"adapter was trained on encoder {adapter.config.student_encoder!r}, the {preset.name} preset uses {spec.id!r}",
+                "use the preset the adapter was trained with",
+            )
+        encoder = load_text_encoder(spec, model_cache).to(pipe.device)
+        adapter = adapter.to(pipe.device, pipe.unet.dtype).eval().requires_grad_(False)
+        return cls(pipe, StudentConditioner(encoder, adapter, zero_null=null_is_zeros(pipe)))
+
+    @classmethod
+    def from_preset(cls, adapter_dir: Path, language: Language, preset: Preset, model_cache: Path, **load_kwargs):
+        return cls.wrap(load_pipeline(preset, model_cache, **load_kwargs), adapter_dir, language, preset, model_cache)

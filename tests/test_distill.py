@@ -1,0 +1,140 @@
+import pytest
+import torch
+
+from pea.adapter import AdapterConfig, PEAAdapter
+from pea.distill import ABLATIONS, HookedUNet, KDConfig, NonFiniteLossError, diffusion_target, kd_step
+from pea.features import FeatureExtractor
+from pea.languages import get_language
+from pea.models.encoders import load_text_encoder
+from pea.models.loading import load_pipeline
+from pea.presets import get_preset
+
+B = 6
+
+
+@pytest.fixture(scope="module", params=["tiny-sdxl", "tiny-sd15"])
+def world(request, model_cache):
+    return _make_world(request.param, model_cache)
+
+
+def _make_world(name, model_cache):
+    preset = get_preset(name)
+    pipe = load_pipeline(preset, model_cache)
+    encoder = load_text_encoder(preset.student_for(get_language("ko")), model_cache)
+    extractor = FeatureExtractor(pipe, encoder)
+    torch.manual_seed(0)
+    images = torch.rand(B, 3, 32, 32) * 2 - 1
+    english = ["a red circle", "a blue square", "a green star", "a red square", "", ""]
+    native = ["빨간 원", "파란 사각형", "초록 별", "빨간 사각형", "한복", "김치"]
+    culture = torch.tensor([0, 0, 0, 0, 1, 1])
+    batch = extractor(images, english, native, culture, keys=[f"s{i}" for i in range(B)])
+    return preset, pipe, encoder, batch, extractor.null()
+
+
+def _adapter(preset, encoder):
+    torch.manual_seed(1)
+    return PEAAdapter(AdapterConfig(input_dim=encoder.hidden_size, context_dim=preset.context_dim,
+                                    pooled_dim=preset.pooled_dim, hidden_dims=(64,)))
+
+
+def _step(world, cfg, batch=None, seed=0):
+    preset, pipe, encoder, default_batch, null = world
+    adapter = _adapter(preset, encoder)
+    unet = HookedUNet(pipe.unet, cfg.feature_blocks)
+    result = kd_step(unet, adapter, pipe.scheduler, batch or default_batch, null, cfg, torch.Generator().manual_seed(seed))
+    return adapter, pipe, result
+
+
+def test_gradients_reach_only_the_adapter(world):
+    adapter, pipe, result = _step(world, KDConfig())
+    result.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.mlp.parameters())
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        assert all(not p.requires_grad and p.grad is None for p in module.parameters())
+
+
+def test_hybrid_training_splits_losses_by_sample_kind(world):
+    _, _, mixed = _step(world, KDConfig())
+    assert {"output_kd", "feature_kd", "sd"} <= set(mixed.terms)
+    batch = world[3]
+    only_parallel = type(batch)(**{**batch.__dict__, "culture": torch.zeros(B, dtype=torch.bool)})
+    _, _, parallel = _step(world, KDConfig(), batch=only_parallel)
+    assert "sd" not in parallel.terms and parallel.terms["feature_kd"] > 0
+    only_culture = type(batch)(**{**batch.__dict__, "culture": torch.ones(B, dtype=torch.bool)})
+    _, _, culture = _step(world, KDConfig(), batch=only_culture)
+    assert set(culture.terms) == {"sd", "loss"}
+
+
+@pytest.mark.parametrize(
+    "name, terms",
+    [
+        ("finetune", {"sd"}),
+        ("tkd", {"sd", "text_kd"}),
+        ("ulkd", {"sd", "output_kd"}),
+        ("ufkd", {"sd", "output_kd", "feature_kd"}),
+        ("utkd", {"sd", "output_kd", "feature_kd", "text_kd"}),
+        ("ukd", {"sd", "output_kd", "feature_kd"}),
+        ("pea", {"sd", "output_kd", "feature_kd"}),
+    ],
+)
+def test_ablation_rows_weigh_the_papers_terms(world, name, terms):
+    _, _, result = _step(world, ABLATIONS[name])
+    weights = ABLATIONS[name].model_dump()
+    assert set(result.terms) - {"loss"} == terms
+    total = sum(weights[k] * v for k, v in result.terms.items() if k != "loss")
+    assert result.terms["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_feature_kd_hooks_every_down_mid_and_up_block(world):
+    preset, pipe, *_ = world
+    unet = HookedUNet(pipe.unet, ("down", "mid", "up"))
+    latents = torch.randn(1, 4, 8, 8)
+    cond = _adapter(preset, world[2])(world[3].student_states[:1], world[3].student_mask[:1])
+    time_ids = world[3].time_ids[:1] if world[3].time_ids is not None else None
+    _, feats = unet(latents, torch.tensor([10]), cond, time_ids, features=True)
+    assert len(feats) == len(pipe.unet.down_blocks) + 1 + len(pipe.unet.up_blocks)
+    _, none = unet(latents, torch.tensor([10]), cond, time_ids, features=False)
+    assert none == []
+
+
+def test_full_cfg_dropout_on_sdxl_makes_student_and_teacher_identical(model_cache):
+    # SDXL's null conditioning is zeros on both sides (force_zeros_for_empty_prompt)
+    _, _, result = _step(_make_world("tiny-sdxl", model_cache), KDConfig(cfg_dropout=1.0))
+    assert result.terms["output_kd"] == 0 and result.terms["feature_kd"] == 0
+
+
+def test_a_nan_is_reported_with_step_and_sample_keys(world):
+    batch = world[3]
+    poisoned = type(batch)(**{**batch.__dict__, "latents": batch.latents.clone()})
+    poisoned.latents[2] = float("nan")
+    with pytest.raises(NonFiniteLossError) as e:
+        preset, pipe, encoder, _, null = world
+        kd_step(HookedUNet(pipe.unet), _adapter(preset, encoder), pipe.scheduler, poisoned, null, KDConfig(), step=17)
+    assert "step 17" in str(e.value) and "s2" in str(e.value)
+
+
+def test_v_prediction_target_follows_the_scheduler(world):
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(prediction_type="v_prediction")
+    latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    assert torch.equal(diffusion_target(sched, latents, noise, t), sched.get_velocity(latents, noise, t))
+    assert torch.equal(diffusion_target(world[1].scheduler, latents, noise, t), noise)
+
+
+@pytest.mark.slow
+def test_kd_training_pulls_the_student_towards_the_teacher(world):
+    preset, pipe, encoder, batch, null = world
+    adapter = _adapter(preset, encoder)
+    unet = HookedUNet(pipe.unet)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=3e-3)
+    cfg = KDConfig(cfg_dropout=0.0)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(40):
+        result = kd_step(unet, adapter, pipe.scheduler, batch, null, cfg, gen, step)
+        result.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(result.terms["feature_kd"])
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
