@@ -163,8 +163,14 @@ def kd_step(
     cfg: KDConfig,
     generator: torch.Generator | None = None,
     step: int = 0,
+    teacher_unet: HookedUNet | None = None,
 ) -> KDResult:
-    """Loss of one batch; call .backward() on `loss`. Raises NonFiniteLossError naming step and samples."""
+    """Loss of one batch; call .backward() on `loss`. Raises NonFiniteLossError naming step and samples.
+
+    `teacher_unet` defaults to `unet` itself (one frozen UNet for both sides); a separate copy is only for
+    comparisons such as the reference way in benchmarks/kd_step.py.
+    """
+    teacher_unet = teacher_unet or unet
     latents = batch.latents
     B, device = latents.shape[0], latents.device
     rand = dict(generator=generator, device=device)
@@ -198,7 +204,7 @@ def kd_step(
     if cfg.needs_teacher and len(kd_idx):
         t_time_ids = batch.time_ids[kd_idx] if batch.time_ids is not None else None
         with torch.no_grad():
-            t_pred, t_feats = unet(
+            t_pred, t_feats = teacher_unet(
                 noisy[kd_idx], timesteps[kd_idx], _select(teacher, kd_idx), t_time_ids, features=cfg.feature_kd > 0
             )
         terms["output_kd"] = F.mse_loss(pred[kd_idx].float(), t_pred.float())

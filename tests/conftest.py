@@ -1,3 +1,6 @@
+import sys
+from dataclasses import dataclass
+
 import pytest
 
 
@@ -5,3 +8,32 @@ import pytest
 def model_cache(tmp_path_factory):
     """One cache of tiny built models for the whole session (building them takes a few seconds)."""
     return tmp_path_factory.mktemp("models")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def pea_cli(monkeypatch, capsys):
+    """Run the `pea` entry point in this process (the stack is imported once per test session)."""
+    from pea.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> CliResult:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["pea", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

@@ -40,22 +40,25 @@ def test_languages_table_lists_every_code():
         (["profile", "--profile", "nope"], ["unknown profile 'nope'", "cluster"]),
     ],
 )
-def test_bad_input_is_one_clear_line_without_traceback(args, words, tmp_path):
-    proc = _pea(*args)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: ")
+def test_bad_input_is_one_clear_line_without_traceback(args, words, pea_cli):
+    result = pea_cli(*args)
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    assert result.err.startswith("error: ")
     for w in words:
-        assert w in proc.stderr
+        assert w in result.err
 
 
-def test_unreachable_mlflow_from_the_environment_fails_clearly():
-    import os
+def test_bad_input_is_one_line_in_a_real_process_too():
+    proc = _pea("train-language", "--lang", "xx")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown language 'xx'")
+    assert "Traceback" not in proc.stderr
 
-    env = dict(os.environ, PEA_MLFLOW_TRACKING_URI="http://127.0.0.1:9")
-    proc = _pea("profile", "--check", env=env)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "unreachable" in proc.stderr
+
+def test_unreachable_mlflow_from_the_environment_fails_clearly(pea_cli):
+    result = pea_cli("profile", "--check", env={"PEA_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "unreachable" in result.err
 
 
 def test_the_library_never_imports_prefect():

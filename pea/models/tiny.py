@@ -1,31 +1,28 @@
-"""Tiny models built from the configs pea ships, so that every code path runs without a download.
+"""Models made from the configs pea ships, so that every code path runs without a download.
 
-They are saved in the same layout as their hub counterparts (a diffusers pipeline folder; a transformers
-model folder) and then loaded by the same from_pretrained calls, so tests exercise the real loading code.
-Weights are random but deterministic (seeded), and a build is written to a temporary folder and renamed,
-so an interrupted build never leaves a half-written model behind.
+A config folder under pea/resources/configs/ holds one JSON per component (unet, vae, scheduler,
+text_encoder[, text_encoder_2]); the folder's name is its build name. The tiny ones are saved in the hub's
+own layout (a diffusers pipeline folder; a transformers model folder) and then loaded by the same
+from_pretrained calls as a hub id, so tests exercise the real loading code. The real-architecture ones
+(`sdxl`, `sd15`) are only made in memory, for timing on a GPU with random weights.
+Weights are random but seeded; a build is written under a temporary name and renamed, so an interrupted
+build never leaves a half-written model behind.
 """
 
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from pea.resources import resource_path
 
-_BUILDERS = {}
+ENCODER_BUILDS = ("tiny-byt5",)
+PIPELINE_BUILDS = ("tiny-sd15", "tiny-sdxl")
 
 
-def _builder(name):
-    def register(fn):
-        _BUILDERS[name] = fn
-        return fn
-
-    return register
-
-
-def tiny_names() -> list[str]:
-    return list(_BUILDERS)
+def tiny_names() -> tuple[str, ...]:
+    return PIPELINE_BUILDS + ENCODER_BUILDS
 
 
 def ensure_built(name: str, model_cache: Path) -> Path:
@@ -35,7 +32,10 @@ def ensure_built(name: str, model_cache: Path) -> Path:
         return target
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _BUILDERS[name](tmp, resource_path("configs", name))
+    if name in ENCODER_BUILDS:
+        _save_byt5_encoder(tmp, resource_path("configs", name))
+    else:
+        make_pipeline(name).save_pretrained(tmp, safe_serialization=True)
     (tmp / ".complete").write_text("ok\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -46,65 +46,45 @@ def _config(folder: Path, name: str) -> dict:
     return json.loads((folder / name).read_text())
 
 
-def _seed() -> None:
+def make_pipeline(name: str, seed: int = 0):
+    """An SD1.5- or SDXL-style pipeline (by whether a text_encoder_2 config exists) with seeded random weights."""
     import torch
-
-    torch.manual_seed(0)
-
-
-def _clip_text_parts(out: Path, cfg: Path, names: list[str]):
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from pea.models.clip_vocab import write_clip_tokenizer_files
 
-    vocab_dir = out / "_vocab"
-    write_clip_tokenizer_files(vocab_dir)
-    parts = {}
-    for i, name in enumerate(names):
-        model_cls = CLIPTextModel if i == 0 else CLIPTextModelWithProjection
-        parts[name] = model_cls(CLIPTextConfig(**_config(cfg, f"{name}.json")))
-        tok = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
-        parts[name.replace("text_encoder", "tokenizer")] = tok
-    shutil.rmtree(vocab_dir)
-    return parts
-
-
-def _unet_vae_scheduler(cfg: Path):
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-
-    return dict(
+    cfg = resource_path("configs", name)
+    sdxl = (cfg / "text_encoder_2.json").exists()
+    torch.manual_seed(seed)
+    parts = dict(
         unet=UNet2DConditionModel.from_config(_config(cfg, "unet.json")),
         vae=AutoencoderKL.from_config(_config(cfg, "vae.json")),
         scheduler=EulerDiscreteScheduler.from_config(_config(cfg, "scheduler.json")),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_config(cfg, "text_encoder.json"))),
     )
+    with tempfile.TemporaryDirectory() as vocab:
+        write_clip_tokenizer_files(Path(vocab))
+        tokenizer = CLIPTokenizer(f"{vocab}/vocab.json", f"{vocab}/merges.txt", model_max_length=77)
+    parts["tokenizer"] = tokenizer
+    if sdxl:
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**_config(cfg, "text_encoder_2.json")))
+        parts["tokenizer_2"] = tokenizer
+        return StableDiffusionXLPipeline(**parts)
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-@_builder("tiny-sd15")
-def _build_tiny_sd15(out: Path, cfg: Path) -> None:
-    from diffusers import StableDiffusionPipeline
-
-    _seed()
-    parts = _unet_vae_scheduler(cfg) | _clip_text_parts(out, cfg, ["text_encoder"])
-    pipe = StableDiffusionPipeline(
-        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
-
-
-@_builder("tiny-sdxl")
-def _build_tiny_sdxl(out: Path, cfg: Path) -> None:
-    from diffusers import StableDiffusionXLPipeline
-
-    _seed()
-    parts = _unet_vae_scheduler(cfg) | _clip_text_parts(out, cfg, ["text_encoder", "text_encoder_2"])
-    StableDiffusionXLPipeline(**parts).save_pretrained(out, safe_serialization=True)
-
-
-@_builder("tiny-byt5")
-def _build_tiny_byt5(out: Path, cfg: Path) -> None:
+def _save_byt5_encoder(out: Path, cfg: Path) -> None:
     """A byte-level T5 encoder: reads every language without a vocabulary file."""
+    import torch
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
-    _seed()
+    torch.manual_seed(0)
     T5EncoderModel(T5Config(**_config(cfg, "config.json"))).save_pretrained(out, safe_serialization=True)
     ByT5Tokenizer().save_pretrained(out)
