@@ -21,6 +21,7 @@ class Preset(BaseModel):
     model_id: str | None = None
     build: str | None = None
     student_encoder: EncoderSpec | None = None
+    translation_model: str | None = None  # tiny presets: a built-locally MT model instead of the language's
 
     @property
     def is_built_locally(self) -> bool:
@@ -29,6 +30,9 @@ class Preset(BaseModel):
     def student_for(self, language: Language) -> EncoderSpec:
         """Tiny presets bring their own (any-language, byte-level) student; real ones use the language's."""
         return self.student_encoder or language.student_encoder
+
+    def translation_for(self, language: Language) -> str:
+        return self.translation_model or language.translation.id
 
 
 @cache

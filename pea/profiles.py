@@ -30,6 +30,10 @@ class RayProfile(_Strict):
     cpus_per_worker: float = Field(1, gt=0)
 
 
+class S3Profile(_Strict):
+    endpoint_url: str | None = None  # MinIO, Ceph or a test server; None for AWS itself
+
+
 class Profile(_Strict):
     name: str
     data_dir: Path  # local working folder: model cache, SQLite, scratch
@@ -37,10 +41,16 @@ class Profile(_Strict):
     mlflow_tracking_uri: str
     preset: str
     ray: RayProfile = RayProfile()
+    s3: S3Profile = S3Profile()
 
     @property
     def model_cache(self) -> Path:
         return self.data_dir / "models"
+
+    def storage(self):
+        from pea.storage import Storage
+
+        return Storage(self.storage_root, endpoint_url=self.s3.endpoint_url)
 
 
 def builtin_profiles() -> list[str]:

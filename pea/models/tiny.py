@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pea.resources import resource_path
 
-ENCODER_BUILDS = ("tiny-byt5",)
+ENCODER_BUILDS = ("tiny-byt5", "tiny-mt")
 PIPELINE_BUILDS = ("tiny-sd15", "tiny-sdxl")
 
 
@@ -33,7 +33,7 @@ def ensure_built(name: str, model_cache: Path) -> Path:
     tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     if name in ENCODER_BUILDS:
-        _save_byt5_encoder(tmp, resource_path("configs", name))
+        _save_byt5(name, tmp, resource_path("configs", name))
     else:
         make_pipeline(name).save_pretrained(tmp, safe_serialization=True)
     (tmp / ".complete").write_text("ok\n")
@@ -80,11 +80,13 @@ def make_pipeline(name: str, seed: int = 0):
     return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def _save_byt5_encoder(out: Path, cfg: Path) -> None:
-    """A byte-level T5 encoder: reads every language without a vocabulary file."""
+def _save_byt5(name: str, out: Path, cfg: Path) -> None:
+    """Byte-level T5 models read every language without a vocabulary file: tiny-byt5 is a student text
+    encoder, tiny-mt a (random, so nonsense-producing) seq2seq model for the translation code path."""
     import torch
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel, T5ForConditionalGeneration
 
     torch.manual_seed(0)
-    T5EncoderModel(T5Config(**_config(cfg, "config.json"))).save_pretrained(out, safe_serialization=True)
+    model_cls = T5EncoderModel if name == "tiny-byt5" else T5ForConditionalGeneration
+    model_cls(T5Config(**_config(cfg, "config.json"))).save_pretrained(out, safe_serialization=True)
     ByT5Tokenizer().save_pretrained(out)

@@ -1,0 +1,1 @@
+"""Data stages: harvest -> translate -> bucket -> cache features -> read, each resumable and idempotent."""

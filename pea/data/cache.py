@@ -1,0 +1,88 @@
+"""Cache features: run the frozen VAE encoder and text encoders once per sample and store the results
+beside it (safetensors, fp16 by default), so training never runs them. Output mirrors the bucketed
+shards under <lang>/features/<preset>/; a shard's file appears whole or not at all, so a re-run skips
+the ones that exist. At scale the same per-shard function is a Ray Data map over the shard list."""
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import save
+
+from pea.data.records import image_batch
+from pea.data.tars import iter_samples, write_shard
+from pea.features import FeatureExtractor
+from pea.storage import Storage
+
+
+def features_dir(lang: str, preset: str) -> tuple[str, ...]:
+    return (lang, "features", preset)
+
+
+def cache_features(
+    storage: Storage,
+    lang: str,
+    preset: str,
+    extractor: FeatureExtractor,
+    batch_size: int = 32,
+    dtype: torch.dtype = torch.float16,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    shards_manifest = storage.read_json(lang, "shards", "manifest.json")
+    out = features_dir(lang, preset)
+    null = extractor.null()
+    storage.write_bytes(save({
+        "teacher_context": null.teacher.context.contiguous(),
+        **({"teacher_pooled": null.teacher.pooled.contiguous()} if null.teacher.pooled is not None else {}),
+        "student_states": null.student_states.contiguous(), "student_mask": null.student_mask.contiguous(),
+        "zeros": torch.tensor(null.zeros),
+    }), *out, "null.safetensors")
+    written = []
+    for shard in shards_manifest["shards"]:
+        parts = (*out, *shard["path"].split("/"))
+        if not storage.exists(*parts):
+            storage.write_bytes(_cache_shard(storage, lang, shard["path"], extractor, batch_size, dtype), *parts)
+            progress(f"cached {shard['path']}")
+        written.append({**shard, "sha256": hashlib.sha256(storage.read_bytes(*parts)).hexdigest()})
+    manifest = {"preset": preset, "dtype": str(dtype).removeprefix("torch."), "shards": written,
+                "source_digest": shards_manifest["digest"],
+                "digest": hashlib.sha256("".join(s["sha256"] for s in written).encode()).hexdigest()}
+    storage.write_json(manifest, *out, "manifest.json")
+    return manifest
+
+
+def _cache_shard(storage, lang, path, extractor, batch_size, dtype) -> bytes:
+    with storage.open(lang, "shards", *path.split("/")) as f:
+        samples = list(iter_samples(f, storage.uri(lang, "shards", path)))
+    out = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        inputs = image_batch(chunk)
+        batch = extractor(inputs["images"], inputs["english"], inputs["native"], inputs["culture"],
+                          time_ids=inputs["time_ids"], keys=inputs["keys"],
+                          generator=torch.Generator().manual_seed(start))
+        for i, sample in enumerate(chunk):
+            tensors = {"latents": batch.latents[i], "teacher_context": batch.teacher_context[i],
+                       "student_states": batch.student_states[i], "student_mask": batch.student_mask[i]}
+            if batch.teacher_pooled is not None:
+                tensors["teacher_pooled"] = batch.teacher_pooled[i]
+            if batch.time_ids is not None:
+                tensors["time_ids"] = batch.time_ids[i]
+            tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
+            out.append({"__key__": sample["__key__"], "safetensors": save(tensors), "json": sample["json"]})
+    return write_shard(out)
+
+
+def load_null(storage: Storage, lang: str, preset: str):
+    from safetensors.torch import load
+
+    from pea.adapter import Conditioning
+    from pea.distill import NullConditioning
+
+    t = load(storage.read_bytes(*features_dir(lang, preset), "null.safetensors"))
+    return NullConditioning(
+        teacher=Conditioning(t["teacher_context"].float(), t["teacher_pooled"].float() if "teacher_pooled" in t else None),
+        student_states=t["student_states"].float(), student_mask=t["student_mask"], zeros=bool(t["zeros"]),
+    )

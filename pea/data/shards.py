@@ -1,0 +1,115 @@
+"""Bucket: raw shards + caption tables -> per-bucket webdataset shards under <lang>/shards/<W>x<H>/.
+
+Each raw shard is one unit of work: its output shards have names derived from it and a done marker is
+written last, so a re-run skips finished inputs and redoes an unfinished one under the same names (no
+duplicates). Broken, tiny and uncaptioned samples are dropped and counted, never raised.
+"""
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
+from pea.data.tars import iter_samples, write_shard
+from pea.storage import Storage
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def bucket(
+    storage: Storage,
+    lang: str,
+    cfg: BucketConfig,
+    progress: Callable[[str], None] = lambda msg: None,
+    after_input: Callable[[str], None] = lambda name: None,
+) -> dict:
+    buckets = make_buckets(cfg)
+    for table_path in storage.glob(lang, "captions", "*", "*.parquet"):
+        source, stem = table_path.split("/")[-2], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        name = f"{source}-{stem}"
+        if storage.exists(lang, "shards", "_done", f"{name}.json"):
+            continue
+        captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(table_path))).to_pylist()}
+        done = _bucket_one(storage, lang, cfg, buckets, source, stem, captions)
+        storage.write_json(done, lang, "shards", "_done", f"{name}.json")
+        progress(f"bucketed {source}/{stem}: {done['kept']} kept, {sum(done['dropped'].values())} dropped")
+        after_input(name)
+    manifest = _manifest(storage, lang, cfg)
+    storage.write_json(manifest, lang, "shards", "manifest.json")
+    return manifest
+
+
+def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
+    pending: dict[tuple[int, int], list[dict]] = {}
+    written, dropped, kept = [], {"broken": 0, "tiny": 0, "no_caption": 0}, 0
+
+    def flush(b):
+        samples = pending.pop(b, [])
+        if samples:
+            data = write_shard(samples)
+            path = f"{b[0]}x{b[1]}/{source}-{stem}-{len([w for w in written if w['bucket'] == list(b)]):04d}.tar"
+            storage.write_bytes(data, lang, "shards", *path.split("/"))
+            written.append({"path": path, "bucket": list(b), "samples": len(samples),
+                            "sha256": hashlib.sha256(data).hexdigest()})
+
+    raw = (lang, "raw", source, f"{stem}.tar")
+    with storage.open(*raw) as f:
+        for sample in iter_samples(f, storage.uri(*raw)):
+            row = captions.get(sample["__key__"])
+            if row is None or not row["native"]:
+                dropped["no_caption"] += 1
+                continue
+            image = _decode(sample)
+            if image is None:
+                dropped["broken"] += 1
+                continue
+            if min(image.size) < cfg.tiny_below:
+                dropped["tiny"] += 1
+                continue
+            b = nearest_bucket(*image.size, buckets)
+            cropped, (top, left) = cover_and_crop(image, b)
+            buf = io.BytesIO()
+            cropped.save(buf, format="JPEG", quality=cfg.jpeg_quality)
+            meta = {"native": row["native"], "english": row["english"], "kind": row["kind"], "source": source,
+                    "original_size": [image.height, image.width], "crop_top_left": [top, left],
+                    "bucket": [b[0], b[1]]}
+            pending.setdefault(b, []).append(
+                {"__key__": f"{source}-{sample['__key__']}", "jpg": buf.getvalue(), "json": json.dumps(meta).encode()})
+            kept += 1
+            if len(pending[b]) >= cfg.samples_per_shard:
+                flush(b)
+    for b in list(pending):
+        flush(b)
+    return {"kept": kept, "dropped": dropped, "shards": written}
+
+
+def _decode(sample: dict) -> Image.Image | None:
+    data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def _manifest(storage: Storage, lang: str, cfg: BucketConfig) -> dict:
+    shards, dropped, per_bucket = [], {}, {}
+    for marker in storage.glob(lang, "shards", "_done", "*.json"):
+        done = json.loads(storage.read_bytes(marker))
+        shards += done["shards"]
+        for reason, n in done["dropped"].items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    for s in shards:
+        key = f"{s['bucket'][0]}x{s['bucket'][1]}"
+        per_bucket[key] = per_bucket.get(key, 0) + s["samples"]
+    shards.sort(key=lambda s: s["path"])
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+    return {"config": cfg.model_dump(), "buckets": per_bucket, "samples": sum(per_bucket.values()),
+            "dropped": dropped, "shards": shards, "digest": digest}

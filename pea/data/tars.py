@@ -1,0 +1,54 @@
+"""Reading and writing webdataset tar shards safely.
+
+Members are checked before use: an absolute path, a `..` component, a link or any non-regular member is
+refused, since shards come from outside (img2dataset output, users' existing shards). webdataset itself
+treats member names as keys and never checks them.
+"""
+
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+
+import webdataset as wds
+
+from pea.errors import PeaError
+
+
+def check_member(info: tarfile.TarInfo, source: str) -> None:
+    name = info.name
+    parts = name.split("/")
+    if name.startswith("/") or posixpath.isabs(name) or ".." in parts or "\\" in name:
+        raise PeaError(f"{source}: unsafe tar member path {name!r}", "rebuild the shard with plain relative member names")
+    if not info.isreg():
+        raise PeaError(f"{source}: tar member {name!r} is not a regular file", "rebuild the shard without links or devices")
+
+
+def iter_samples(fileobj, source: str) -> Iterator[dict]:
+    """Samples of a webdataset tar stream: {'__key__': key, '<ext>': bytes, ...}, members checked first."""
+    current: dict | None = None
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for info in tar:
+            check_member(info, source)
+            base = posixpath.basename(info.name)
+            if base.startswith("."):  # hidden helper files some tools add
+                continue
+            key, _, ext = base.partition(".")
+            key = posixpath.join(posixpath.dirname(info.name), key)
+            data = tar.extractfile(info).read()
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key}
+            current[ext] = data
+    if current is not None:
+        yield current
+
+
+def write_shard(samples: list[dict]) -> bytes:
+    """A webdataset tar of `samples` ({'__key__': ..., '<ext>': bytes}) in memory."""
+    buf = io.BytesIO()
+    with wds.TarWriter(buf) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return buf.getvalue()

@@ -1,0 +1,144 @@
+"""Translate: fill the missing side of each caption pair and mark each sample parallel or culture.
+
+A parallel sample (both captions) is KD data; a culture sample (native only, or from a culture source such as
+WuKong) is SD-loss data (paper Sec. 3.4). Translations go through a transformers seq2seq model, batched, on
+the GPU when there is one, and are cached by a digest of (model, direction, text) under the storage root,
+so a re-run translates nothing twice. Output: <lang>/captions/<source>/<shard>.parquet, one per raw shard.
+"""
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from pea.data.tars import iter_samples
+from pea.storage import Storage
+
+ENGLISH_CODE = "eng_Latn"  # NLLB's code; tokenizers without language codes ignore it
+CAPTIONS = pa.schema([("key", pa.string()), ("native", pa.string()), ("english", pa.string()),
+                      ("kind", pa.string()), ("translated", pa.string())])
+
+
+class TranslateConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_size: int = 32
+    max_new_tokens: int = 128
+
+
+class Translator:
+    """A seq2seq translation model (NLLB, Marian, ...) loaded with transformers."""
+
+    def __init__(self, source: str, cfg: TranslateConfig = TranslateConfig()):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(source).to(self.device).eval()
+        self.cfg = cfg
+
+    def __call__(self, texts: list[str], src_code: str, tgt_code: str) -> list[str]:
+        import torch
+
+        if hasattr(self.tokenizer, "src_lang"):
+            self.tokenizer.src_lang = src_code
+        vocab = self.tokenizer.get_vocab()
+        extra = {"forced_bos_token_id": vocab[tgt_code]} if tgt_code in vocab else {}
+        out: list[str] = []
+        for start in range(0, len(texts), self.cfg.batch_size):
+            batch = self.tokenizer(texts[start : start + self.cfg.batch_size], return_tensors="pt",
+                                   padding=True, truncation=True).to(self.device)
+            with torch.no_grad():
+                ids = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, **extra)
+            out += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return out
+
+
+class TranslationCache:
+    """digest(model, direction, text) -> translation, as JSON parts under <root>/cache/translation/."""
+
+    def __init__(self, storage: Storage, model_id: str):
+        self.storage, self.model_id = storage, model_id
+        self.entries: dict[str, str] = {}
+        for part in storage.glob("cache", "translation", "*.json"):
+            self.entries.update(json.loads(storage.read_bytes(part)))
+
+    def digest(self, text: str, src: str, tgt: str) -> str:
+        return hashlib.sha256(f"{self.model_id}\0{src}\0{tgt}\0{text}".encode()).hexdigest()
+
+    def add(self, new: dict[str, str]) -> None:
+        if new:
+            self.entries.update(new)
+            self.storage.write_json(new, "cache", "translation", f"part-{uuid.uuid4().hex}.json")
+
+
+def translate(
+    storage: Storage,
+    lang: str,
+    lang_code: str,
+    model_id: str,
+    load_translator: Callable[[], Callable[[list[str], str, str], list[str]]],
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Caption tables for every raw shard of `lang` not done yet; `load_translator` runs only on a cache miss."""
+    cache = TranslationCache(storage, model_id)
+    translator = None
+    totals = {"translated": 0, "cached": 0}
+    for raw_manifest in storage.glob(lang, "raw", "*", "manifest.json"):
+        source = raw_manifest.split("/")[-2]
+        for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
+            out = (lang, "captions", source, shard.replace(".tar", ".parquet"))
+            if storage.exists(*out):
+                continue
+            rows = _read_captions(storage, (lang, "raw", source, shard))
+            wanted = [(i, side) for i, r in enumerate(rows) for side in ("english", "native")
+                      if not r[side] and r["native" if side == "english" else "english"] and not r["culture"]]
+            texts = {}
+            for i, side in wanted:
+                src, tgt = (lang_code, ENGLISH_CODE) if side == "english" else (ENGLISH_CODE, lang_code)
+                other = rows[i]["native" if side == "english" else "english"]
+                texts[(i, side)] = (other, src, tgt, cache.digest(other, src, tgt))
+            misses = {k: v for k, v in texts.items() if v[3] not in cache.entries}
+            new = {}
+            for (src, tgt) in sorted({(v[1], v[2]) for v in misses.values()}):
+                group = [(k, v) for k, v in misses.items() if (v[1], v[2]) == (src, tgt)]
+                translator = translator or load_translator()
+                results = translator([v[0] for _, v in group], src, tgt)
+                new |= {v[3]: r for (_, v), r in zip(group, results)}
+            cache.add(new)
+            for (i, side), (_, _, _, digest) in texts.items():
+                rows[i][side] = cache.entries[digest]
+                rows[i]["translated"] = side
+            totals["translated"] += len(misses)
+            totals["cached"] += len(texts) - len(misses)
+            for r in rows:
+                r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
+            table = pa.Table.from_pylist(
+                [{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows], schema=CAPTIONS)
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            storage.write_bytes(buf.getvalue(), *out)
+            progress(f"translated {'/'.join(out)}")
+    tables = storage.glob(lang, "captions", "*", "*.parquet")
+    kinds = [k for t in tables for k in pq.read_table(io.BytesIO(storage.read_bytes(t)))["kind"].to_pylist()]
+    manifest = {"model": model_id, "tables": tables,
+                "counts": {"parallel": kinds.count("parallel"), "culture": kinds.count("culture")},
+                "this_run": {"translated": totals["translated"], "cached": totals["cached"]}}
+    storage.write_json(manifest, lang, "captions", "manifest.json")
+    return manifest
+
+
+def _read_captions(storage: Storage, parts: tuple[str, ...]) -> list[dict]:
+    rows = []
+    with storage.open(*parts) as f:
+        for sample in iter_samples(f, storage.uri(*parts)):
+            meta = json.loads(sample.get("json", b"{}"))
+            rows.append({"key": sample["__key__"], "native": meta.get("native") or "",
+                         "english": meta.get("english") or "", "culture": bool(meta.get("culture"))})
+    return rows
