@@ -148,6 +148,80 @@ def generate(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def harvest(
+    lang: LangOpt,
+    source_kind: Annotated[str, typer.Option(help="laion-multi, wukong, laion-en, folder or webdataset.")],
+    source_uri: Annotated[str, typer.Option(help="Metadata parquet, image folder (with <stem>.txt captions), or shard glob.")],
+    source_name: Annotated[str | None, typer.Option(help="Name of the source's folder under raw/ (default: the kind).")] = None,
+    culture: Annotated[bool, typer.Option(help="Every sample is culture data (SD loss only), as WuKong is.")] = False,
+    min_side: Annotated[int, typer.Option(min=0, help="Drop samples whose published width or height is smaller.")] = 0,
+    processes: Annotated[int, typer.Option(min=1, help="img2dataset download processes.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="img2dataset threads per process.")] = 16,
+    distributor: Annotated[str, typer.Option(help="img2dataset engine: multiprocessing, ray or pyspark.")] = "multiprocessing",
+    profile: ProfileOpt = "local",
+):
+    """Download or import image-text pairs into <root>/<lang>/raw/<source>/."""
+    from pydantic import ValidationError
+
+    from pea.data.harvest import HarvestConfig
+    from pea.data.sources import SourceSpec
+    from pea.languages import get_language
+    from pea.stages import harvest_stage
+
+    language = get_language(lang)
+    try:
+        source = SourceSpec(name=source_name or source_kind, kind=source_kind, uri=source_uri, culture=culture, min_side=min_side)
+        cfg = HarvestConfig(processes=processes, threads=threads, distributor=distributor)
+    except ValidationError as e:
+        err = e.errors()[0]
+        option = {"kind": "source-kind", "uri": "source-uri", "name": "source-name"}.get(str(err["loc"][0]), err["loc"][0])
+        raise PeaError(f"--{str(option).replace('_', '-')}: {err['msg']}", "see `pea harvest --help`") from e
+    manifest = harvest_stage(_profile(profile), language, source, cfg)
+    typer.echo(f"harvested {source.name}: {manifest['counts']}")
+
+
+@app.command()
+def translate(lang: LangOpt, profile: ProfileOpt = "local"):
+    """Fill missing captions by machine translation; mark samples parallel or culture."""
+    from pea.languages import get_language
+    from pea.stages import translate_stage
+
+    manifest = translate_stage(_profile(profile), get_language(lang), progress=typer.echo)
+    typer.echo(f"captions: {manifest['counts']} (this run: {manifest['this_run']})")
+
+
+@app.command()
+def bucket(
+    lang: LangOpt,
+    side: Annotated[int | None, typer.Option(help="Target bucket side (area ~ side^2); default from language and preset.")] = None,
+    profile: ProfileOpt = "local",
+):
+    """Resize into aspect-ratio buckets and write per-bucket webdataset shards."""
+    from pea.languages import get_language
+    from pea.presets import get_preset
+    from pea.stages import bucket_config, bucket_stage
+
+    prof, language = _profile(profile), get_language(lang)
+    overrides = {"side": side} if side else {}
+    manifest = bucket_stage(prof, language, bucket_config(language, get_preset(prof.preset), **overrides), typer.echo)
+    typer.echo(f"buckets: {manifest['buckets']}, dropped: {manifest['dropped']}")
+
+
+@app.command()
+def cache(
+    lang: LangOpt,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per encoder batch.")] = 32,
+    profile: ProfileOpt = "local",
+):
+    """Precompute VAE latents and text embeddings beside every sample."""
+    from pea.languages import get_language
+    from pea.stages import cache_stage
+
+    manifest = cache_stage(_profile(profile), get_language(lang), batch_size, typer.echo)
+    typer.echo(f"cached {len(manifest['shards'])} shards ({manifest['dtype']})")
+
+
 def main() -> None:
     try:
         app()

@@ -21,6 +21,7 @@ class Preset(BaseModel):
     model_id: str | None = None
     build: str | None = None
     student_encoder: EncoderSpec | None = None
+    bucket_step: int = 64  # bucket sides are multiples of this: VAE factor x UNet downsampling
     translation_model: str | None = None  # tiny presets: a built-locally MT model instead of the language's
 
     @property

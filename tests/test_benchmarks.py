@@ -23,3 +23,18 @@ def test_kd_step_benchmark_reports_every_number(tmp_path, model_cache):
         assert result[key] > 0
     assert set(result["peak_mem_mb"]) == {"unet_forward", "kd_step_cached", "kd_step_online", "kd_step_reference"}
     assert result["kd_step_unet_forwards"] > 1 and result["speedup_vs_reference"] > 0
+
+
+@pytest.mark.slow
+def test_data_benchmark_reports_every_number(tmp_path, model_cache):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data.py"), "--images", "12", "--loader-images", "48",
+         "--batch", "4", "--model-cache", str(model_cache)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("bucket_images_per_s_per_core", "pil_floor_images_per_s_per_core", "loader_batches_per_s",
+                "kd_step_batches_per_s"):
+        assert result[key] > 0
+    assert result["bucket_vs_floor"] > 0 and result["loader_headroom"] > 0

@@ -1,0 +1,69 @@
+"""The data stages as a user or a flow runs them: a profile, a language, typed options.
+
+Each function resolves models and paths from the profile and calls one pea.data function; the CLI and the
+Prefect tasks both call these, so the two never drift apart.
+"""
+
+from collections.abc import Callable
+
+from pea.data.buckets import BucketConfig
+from pea.data.harvest import HarvestConfig, harvest
+from pea.data.sources import SourceSpec
+from pea.data.translate import TranslateConfig
+from pea.languages import Language
+from pea.presets import Preset, get_preset
+from pea.profiles import Profile
+
+Progress = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def bucket_config(language: Language, preset: Preset, **overrides) -> BucketConfig:
+    """Tiny presets bucket around their own resolution; real ones around the language's default side."""
+    side = preset.resolution if preset.is_built_locally else language.buckets[preset.family]
+    return BucketConfig(**{"side": side, "step": preset.bucket_step, **overrides})
+
+
+def harvest_stage(profile: Profile, language: Language, source: SourceSpec, cfg: HarvestConfig = HarvestConfig()) -> dict:
+    return harvest(profile.storage(), language.code, source, cfg)
+
+
+def translate_stage(profile: Profile, language: Language, cfg: TranslateConfig = TranslateConfig(),
+                    progress: Progress = _quiet) -> dict:
+    from pea.data.translate import Translator, translate
+    from pea.models.tiny import ensure_built, tiny_names
+
+    model_id = get_preset(profile.preset).translation_for(language)
+
+    def load():
+        source = str(ensure_built(model_id, profile.model_cache)) if model_id in tiny_names() else model_id
+        return Translator(source, cfg)
+
+    return translate(profile.storage(), language.code, language.translation.code, model_id, load, progress)
+
+
+def bucket_stage(profile: Profile, language: Language, cfg: BucketConfig | None = None, progress: Progress = _quiet) -> dict:
+    from pea.data.shards import bucket
+
+    cfg = cfg or bucket_config(language, get_preset(profile.preset))
+    return bucket(profile.storage(), language.code, cfg, progress)
+
+
+def cache_stage(profile: Profile, language: Language, batch_size: int = 32, progress: Progress = _quiet) -> dict:
+    import torch
+
+    from pea.data.cache import cache_features
+    from pea.features import FeatureExtractor
+    from pea.models.encoders import load_text_encoder
+    from pea.models.loading import load_pipeline
+
+    preset = get_preset(profile.preset)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = load_pipeline(preset, profile.model_cache).to(device)
+    student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    return cache_features(profile.storage(), language.code, preset.name, FeatureExtractor(pipe, student),
+                          batch_size=batch_size, dtype=dtype, progress=progress)
