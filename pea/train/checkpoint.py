@@ -1,0 +1,42 @@
+"""Training checkpoints: adapter (safetensors + config), optimizer and schedule, step, loader position and
+the noise generator's state, so that a resumed run continues exactly where the last checkpoint was taken."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pea.adapter import PEAAdapter, load_adapter
+from pea.data.loader import Position
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    position: Position = field(default_factory=Position)
+    samples: int = 0  # samples consumed by all workers together
+
+
+def save_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, state: TrainState,
+                    generator: torch.Generator) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter.save(folder)
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, folder / "optimizer.pt")
+    save_file({"generator": generator.get_state()}, folder / "rng.safetensors")
+    (folder / "state.json").write_text(json.dumps(
+        {"step": state.step, "position": asdict(state.position), "samples": state.samples}))
+    return folder
+
+
+def load_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, generator: torch.Generator) -> TrainState:
+    loaded = load_adapter(folder, adapter.config.input_dim, adapter.config.context_dim, adapter.config.pooled_dim)
+    adapter.load_state_dict(loaded.state_dict())
+    # our own file, read back with weights_only: tensors and plain containers, no arbitrary objects
+    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(opt["optimizer"])
+    schedule.load_state_dict(opt["schedule"])
+    generator.set_state(load_file(folder / "rng.safetensors")["generator"])
+    state = json.loads((folder / "state.json").read_text())
+    return TrainState(step=state["step"], position=Position(**state["position"]), samples=state["samples"])

@@ -1,0 +1,62 @@
+"""What a training job needs, typed; the whole of it goes to MLflow as parameters and into every checkpoint."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pea.adapter import AdapterConfig
+from pea.distill import ABLATIONS, KDConfig
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(200, gt=0)  # optimizer steps
+    batch_size: int = Field(16, gt=0)  # per worker, per micro-batch
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)  # linear warm-up, then cosine decay to 0
+    weight_decay: float = Field(1e-2, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    adapter_hidden: tuple[int, ...] = (1024,)
+    method: str = "pea"  # a row of pea.distill.ABLATIONS
+    kd: KDConfig | None = None  # overrides `method` when given
+    seed: int = 0
+    shuffle_buffer: int = Field(256, ge=1)
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    on_nonfinite: Literal["raise", "skip"] = "raise"
+    gradient_checkpointing: bool = False
+    progress: Literal["bar", "log"] = "bar"  # a bar on a terminal; samples/s and ETA lines at scale
+    run_name: str | None = None  # Ray Train run name; the same name resumes that run
+    fault_at_step: int | None = None  # chaos drill: the first attempt of rank 0 dies at this step
+
+    def kd_config(self) -> KDConfig:
+        if self.kd is not None:
+            return self.kd
+        if self.method not in ABLATIONS:
+            from pea.errors import PeaError
+
+            raise PeaError(f"unknown training method {self.method!r}", f"use one of: {', '.join(ABLATIONS)}")
+        return ABLATIONS[self.method]
+
+
+class TrainJob(BaseModel):
+    """Everything a worker needs, as plain data (it travels to Ray workers)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lang: str
+    preset: str
+    model_cache: str
+    storage_root: str
+    s3_endpoint_url: str | None
+    data_prefix: tuple[str, ...]  # where the shards are, under the storage root
+    cached: bool  # feature shards (True) or image shards run through the encoders (False)
+    shards: list[dict]
+    adapter: AdapterConfig
+    train: TrainConfig
+    mlflow_tracking_uri: str
+    mlflow_run_id: str

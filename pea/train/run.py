@@ -1,0 +1,195 @@
+"""Build and run the Ray Train job for one language from a profile and a TrainConfig (the driver side).
+
+One MLflow run per training job: the driver creates it, or finds it again when the same run name is
+resubmitted, and rank 0 logs into it; Ray Train resumes the job itself from the last checkpoint under
+<storage>/<lang>/train/<run name> (Train V2: the same storage_path and name continue the run).
+"""
+
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pea.adapter import AdapterConfig
+from pea.errors import PeaError
+from pea.languages import Language
+from pea.presets import get_preset
+from pea.profiles import Profile
+from pea.train.config import TrainConfig, TrainJob
+
+log = logging.getLogger("pea.train")
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    mlflow_run_id: str
+    adapter_uri: str  # the final adapter under the storage root
+    checkpoint_path: str
+    steps: int
+    metrics: dict
+
+
+def code_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _data(profile: Profile, language: Language, preset_name: str) -> tuple[tuple[str, ...], bool, dict]:
+    storage = profile.storage()
+    features = (language.code, "features", preset_name)
+    if storage.exists(*features, "manifest.json"):
+        return features, True, storage.read_json(*features, "manifest.json")
+    if storage.exists(language.code, "shards", "manifest.json"):
+        return (language.code, "shards"), False, storage.read_json(language.code, "shards", "manifest.json")
+    raise PeaError(f"no training shards for {language.code!r} under {storage.root}",
+                   f"run the data stages first (pea harvest/translate/bucket --lang {language.code})")
+
+
+def flatten(prefix: str, value) -> dict[str, str]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out |= flatten(f"{prefix}.{k}" if prefix else k, v)
+        return out
+    return {prefix: str(value)}
+
+
+def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dict, tags: dict) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(profile.mlflow_tracking_uri)
+    name = f"pea-{language.code}"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`pea.train_run` = '{run_name}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags | {"pea.train_run": run_name})
+    items = list(params.items())
+    for start in range(0, len(items), 100):
+        from mlflow.entities import Param
+
+        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in items[start : start + 100]])
+    return run.info.run_id
+
+
+def _init_ray(profile: Profile) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if profile.ray.address:
+        ray.init(address=profile.ray.address, log_to_driver=True)
+    else:  # a local Ray: on loopback only, no dashboard
+        cpus = max(2, int(profile.ray.num_workers * profile.ray.cpus_per_worker))
+        # the dashboard process serves the state API that Ray Train polls; it listens on 127.0.0.1
+        ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+
+
+def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> TrainResult:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pea.models.loading import pipeline_source
+    from pea.models.tiny import ensure_built, tiny_names
+    from pea.train.loop import train_loop_per_worker
+
+    preset = get_preset(profile.preset)
+    spec = preset.student_for(language)
+    # tiny models are built once here, not raced by the workers
+    pipeline_source(preset, profile.model_cache)
+    if spec.id in tiny_names():
+        ensure_built(spec.id, profile.model_cache)
+    prefix, cached, manifest = _data(profile, language, preset.name)
+    run_name = cfg.run_name or f"pea-{language.code}-{preset.name}"
+    adapter = AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
+                            hidden_dims=cfg.adapter_hidden, language=language.code, student_encoder=spec.id,
+                            base_model=preset.model_id or preset.name)
+    data_digest = manifest.get("source_digest", manifest["digest"])
+    run_id = _mlflow_run(profile, language, run_name,
+                         params=flatten("", {"train": cfg.model_dump(mode="json"), "adapter": adapter.model_dump(mode="json"),
+                                             "preset": preset.name, "lang": language.code, "cached_features": cached}),
+                         tags={"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
+                               "pea.code_revision": code_revision(), "pea.student_encoder": spec.id})
+    job = TrainJob(lang=language.code, preset=preset.name, model_cache=str(profile.model_cache),
+                   storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
+                   cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg,
+                   mlflow_tracking_uri=profile.mlflow_tracking_uri, mlflow_run_id=run_id)
+    storage = profile.storage()
+    storage_path = storage.uri(language.code, "train")
+    storage.makedirs(language.code, "train")
+    _init_ray(profile)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(mode="json")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=profile.ray.num_workers, use_gpu=profile.ray.use_gpu,
+            resources_per_worker={"CPU": profile.ray.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_path, storage_filesystem=_pyarrow_fs(profile),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        _finish_run(profile, run_id, "FAILED")
+        raise PeaError(f"training {run_name} failed: {_root_message(e)}",
+                       "fix the cause and run again with the same run name to continue from the last checkpoint") from e
+    return _finalize(profile, language, run_name, run_id, result)
+
+
+def _root_message(error: BaseException) -> str:
+    """The first line of the worker's own exception, out of Ray's wrapping."""
+    text = str(error)
+    for line in text.splitlines():
+        if "NonFiniteLossError" in line or "Error:" in line:
+            return line.strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _pyarrow_fs(profile: Profile):
+    if not profile.storage_root.startswith("s3://"):
+        return None
+    import pyarrow.fs
+
+    endpoint = profile.s3.endpoint_url
+    kwargs = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs = {"endpoint_override": host, "scheme": scheme}
+    return pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def _finish_run(profile: Profile, run_id: str, status: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(profile.mlflow_tracking_uri).set_terminated(run_id, status)
+
+
+def _finalize(profile, language, run_name, run_id, result) -> TrainResult:
+    import json
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    storage = profile.storage()
+    with result.checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        state = json.loads((folder / "state.json").read_text())
+        for name in ("adapter.json", "adapter.safetensors"):
+            storage.write_bytes((folder / name).read_bytes(), language.code, "adapters", run_name, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("adapter.json", "adapter.safetensors"):
+                (Path(tmp) / name).write_bytes((folder / name).read_bytes())
+            client = MlflowClient(profile.mlflow_tracking_uri)
+            client.log_artifacts(run_id, tmp, artifact_path="adapter")
+    client.set_terminated(run_id, "FINISHED")
+    return TrainResult(run_name=run_name, mlflow_run_id=run_id, adapter_uri=storage.uri(language.code, "adapters", run_name),
+                       checkpoint_path=result.checkpoint.path, steps=state["step"], metrics=result.metrics or {})
