@@ -103,6 +103,9 @@ class NonFiniteLossError(PeaError):
         )
         self.step, self.keys, self.terms = step, keys, terms
 
+    def __reduce__(self):
+        return (NonFiniteLossError, (self.step, self.keys, self.terms))
+
 
 class HookedUNet:
     """The frozen UNet behind one interface for both sides: prediction plus the hooked block outputs."""

@@ -13,5 +13,9 @@ class PeaError(Exception):
         self.problem = problem
         self.fix = fix
 
+    def __reduce__(self):
+        # survives pickling (Ray sends worker exceptions to the driver)
+        return (PeaError, (self.problem, self.fix))
+
     def __str__(self) -> str:
         return f"{self.problem} -- {self.fix}" if self.fix else self.problem

@@ -138,3 +138,14 @@ def test_kd_training_pulls_the_student_towards_the_teacher(world):
         opt.zero_grad()
         losses.append(result.terms["feature_kd"])
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_errors_survive_pickling_as_ray_sends_them():
+    import pickle
+
+    from pea.errors import PeaError
+
+    err = pickle.loads(pickle.dumps(NonFiniteLossError(3, ["a", "b"], {"sd": float("nan")})))
+    assert err.step == 3 and "step 3" in str(err) and "a, b" in str(err)
+    plain = pickle.loads(pickle.dumps(PeaError("problem", "fix")))
+    assert plain.problem == "problem" and plain.fix == "fix"

@@ -146,12 +146,13 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
 
 
 def _root_message(error: BaseException) -> str:
-    """The first line of the worker's own exception, out of Ray's wrapping."""
-    text = str(error)
-    for line in text.splitlines():
-        if "NonFiniteLossError" in line or "Error:" in line:
-            return line.strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """The workers' own error, out of Ray's wrapping: a PeaError's problem, else the exception's first line."""
+    for failure in sorted(getattr(error, "worker_failures", {}).items()):
+        exc = failure[1]
+        if isinstance(exc, PeaError):
+            return exc.problem
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return str(error).splitlines()[0]
 
 
 def _pyarrow_fs(profile: Profile):
