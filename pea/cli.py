@@ -222,6 +222,30 @@ def cache(
     typer.echo(f"cached {len(manifest['shards'])} shards ({manifest['dtype']})")
 
 
+@app.command()
+def train(
+    lang: LangOpt,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per worker per step.")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-3,
+    method: Annotated[str, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = "pea",
+    run_name: Annotated[str | None, typer.Option(help="Ray Train run name; the same name resumes that run.")] = None,
+    profile: ProfileOpt = "local",
+):
+    """Train the language's adapter on existing shards (Ray Train; workers and GPUs from the profile)."""
+    from pea.languages import get_language
+    from pea.train.config import TrainConfig
+    from pea.train.run import train_adapter
+
+    prof = _profile(profile)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, method=method, run_name=run_name,
+                      progress="bar" if sys.stderr.isatty() else "log")
+    cfg.kd_config()
+    result = train_adapter(prof, get_language(lang), cfg)
+    typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
+               f"MLflow run {result.mlflow_run_id}")
+
+
 def main() -> None:
     try:
         app()
