@@ -29,8 +29,11 @@ class Preset(BaseModel):
         return self.build is not None
 
     def student_for(self, language: Language) -> EncoderSpec:
-        """Tiny presets bring their own (any-language, byte-level) student; real ones use the language's."""
-        return self.student_encoder or language.student_encoder
+        """Built-locally presets bring their own students (`{lang}` in the id picks the language's own);
+        real ones use the language registry's encoder."""
+        if self.student_encoder is None:
+            return language.student_encoder
+        return self.student_encoder.model_copy(update={"id": self.student_encoder.id.format(lang=language.code)})
 
     def translation_for(self, language: Language) -> str:
         return self.translation_model or language.translation.id
