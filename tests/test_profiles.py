@@ -11,7 +11,7 @@ def test_local_profile_defaults_live_under_the_data_dir(tmp_path):
     assert prof.data_dir == tmp_path / "pea-data"
     assert prof.storage_root == str(tmp_path / "pea-data" / "storage")
     assert prof.mlflow_tracking_uri == f"sqlite:///{tmp_path}/pea-data/mlflow.db"
-    assert prof.ray.address is None and prof.preset.startswith("tiny")
+    assert prof.ray.address is None and prof.preset == "toy"
 
 
 def test_cluster_profile_points_at_s3_a_server_and_a_real_preset():

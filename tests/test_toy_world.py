@@ -10,19 +10,19 @@ from pea.toy.world import (CULTURE, LANGS, WORDS, Scene, caption, culture_scenes
 @pytest.mark.parametrize("lang", ["en", *LANGS])
 def test_every_scene_has_its_own_caption_in_every_language(lang):
     captions = [caption(s, lang) for s in general_scenes()]
-    assert len(set(captions)) == len(captions) == 96
-    shapes, colors, positions = WORDS[lang]
-    red_circle = caption(Scene("circle", "red", "left"), lang)
-    assert shapes["circle"] in red_circle and positions["left"] in red_circle
+    assert len(set(captions)) == len(captions) == 72
+    shapes, colors, backgrounds = WORDS[lang]
+    red_circle = caption(Scene("circle", "red", "grey"), lang)
+    assert shapes["circle"] in red_circle and backgrounds["grey"] in red_circle
 
 
 def test_word_order_and_agreement_follow_each_language():
-    scene = Scene("cross", "red", "left")
-    assert caption(scene, "ko") == "왼쪽에 있는 빨간 십자가"
-    assert caption(scene, "ja") == "左にある赤い十字"
-    assert caption(scene, "zh") == "左边的红色十字"
-    assert caption(scene, "ru") == "красный крест слева"
-    assert caption(scene, "it") == "una croce rossa a sinistra"  # feminine noun, agreeing adjective
+    scene = Scene("cross", "red", "grey")
+    assert caption(scene, "ko") == "회색 배경의 빨간 십자가"
+    assert caption(scene, "ja") == "灰色の背景の赤い十字"
+    assert caption(scene, "zh") == "灰色背景上的红色十字"
+    assert caption(scene, "ru") == "красный крест на сером фоне"  # prepositional case
+    assert caption(scene, "it") == "una croce rossa su sfondo grigio"  # feminine noun, agreeing adjective
 
 
 @pytest.mark.parametrize("lang", LANGS)

@@ -8,16 +8,36 @@ from pea.models.tiny import ensure_built, tiny_names
 from pea.presets import Preset
 
 
+TOY_STUDENT = "toy-student-"
+
+
+def _built(name: str, model_cache: Path) -> Path:
+    """Folders of built-locally models: tiny ones, and the toy world's teacher and students."""
+    if name == "toy" or name.startswith(TOY_STUDENT):
+        from pea.toy.build import ensure_toy
+
+        world = ensure_toy(Path(model_cache))
+        return world / ("teacher" if name == "toy" else f"student-{name.removeprefix(TOY_STUDENT)}")
+    return ensure_built(name, model_cache)
+
+
+def is_built_locally(name: str) -> bool:
+    return name in tiny_names() or name == "toy" or name.startswith(TOY_STUDENT)
+
+
 def pipeline_source(preset: Preset, model_cache: Path) -> str:
-    """What from_pretrained is given: the hub id or path of a real preset, the built folder of a tiny one."""
+    """What from_pretrained is given: the hub id or path of a real preset, the built folder of a local one."""
     if preset.is_built_locally:
-        return str(ensure_built(preset.build, model_cache))
+        return str(_built(preset.build, model_cache))
     return preset.model_id
 
 
 def encoder_source(spec: EncoderSpec, model_cache: Path) -> str:
-    if spec.id in tiny_names():
-        return str(ensure_built(spec.id, model_cache))
+    if is_built_locally(spec.id):
+        source = _built(spec.id, model_cache)
+        if not source.exists():
+            raise PeaError(f"the toy world has no student encoder {spec.id!r}", "use one of the toy languages: ko, zh, ja, ru, it")
+        return str(source)
     return spec.id
 
 

@@ -1,7 +1,7 @@
 """The toy world's CLIPScore: an attribute classifier trained on real world images.
 
-score(image, scene) is the mean of its probabilities for the asked shape, colour and position, so a random
-image scores about chance = mean(1/4, 1/6, 1/4) and a faithful one close to 1.
+score(image, scene) is the mean of its probabilities for the asked shape, colour and background, so a random
+image scores about chance = mean(1/4, 1/6, 1/3) and a faithful one close to 1.
 """
 
 import random
@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pea.toy.world import COLORS, POSITIONS, SHAPES, Scene, general_scenes, render, sample_scenes
+from pea.toy.world import BACKGROUNDS, COLORS, SHAPES, Scene, general_scenes, render, sample_scenes
 
-HEADS = {"shape": SHAPES, "color": list(COLORS), "position": list(POSITIONS)}
+HEADS = {"shape": SHAPES, "color": list(COLORS), "background": list(BACKGROUNDS)}
 CHANCE = float(np.mean([1 / len(v) for v in HEADS.values()]))
 
 
@@ -32,7 +32,7 @@ class Judge(nn.Module):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
-        """(B,) mean probability of each scene's shape, colour and position."""
+        """(B,) mean probability of each scene's shape, colour and background."""
         probs = {k: v.softmax(-1) for k, v in self(images).items()}
         per_head = [probs[k][torch.arange(len(scenes)), _targets(scenes, k)] for k in HEADS]
         return torch.stack(per_head).mean(0)

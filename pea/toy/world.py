@@ -1,12 +1,15 @@
 """Procedural images and their captions in every registered language.
 
-An image is one shape (circle, square, triangle, cross) of one colour at one position (left, right, top,
-bottom) on a dark background, 32x32 px. Captions come from templates written with each language's own words
+An image is one shape (circle, square, triangle, cross) of one colour on one background (black, grey,
+brown), 32x32 px, near the centre. Position words were tried first and dropped: diffusers' attention blocks
+carry no spatial position embedding, so a small UNet learns "on the left" only through conv padding, and
+after the build's budget it drew positions at chance (shape 0.78, colour 0.82, position 0.25). Captions come from templates written with each language's own words
 and word order. Culture items are native words for a (shape, colour) pair whose dictionary English keeps only
 the shape (日の丸 -> "a circle"): translating loses the colour, which is what hybrid training has to teach.
 """
 
 import random
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,31 +19,30 @@ SIZE = 32
 SHAPES = ["circle", "square", "triangle", "cross"]
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
           "purple": (150, 60, 200), "white": (240, 240, 240)}
-POSITIONS = {"left": (9, 16), "right": (23, 16), "top": (16, 9), "bottom": (16, 23)}
-BACKGROUND = (20, 20, 24)
+BACKGROUNDS = {"black": (20, 20, 24), "grey": (105, 105, 105), "brown": (95, 60, 30)}
 LANGS = ["ko", "zh", "ja", "ru", "it"]
 
-# language -> {shape: word}, {colour: word}, {position: word}
+# language -> {shape: word}, {colour: word}, {background: phrase}
 WORDS = {
     "en": ({"circle": "circle", "square": "square", "triangle": "triangle", "cross": "cross"},
            {c: c for c in COLORS},
-           {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}),
+           {"black": "on a black background", "grey": "on a grey background", "brown": "on a brown background"}),
     "ko": ({"circle": "원", "square": "사각형", "triangle": "삼각형", "cross": "십자가"},
            {"red": "빨간", "green": "초록색", "blue": "파란", "yellow": "노란", "purple": "보라색", "white": "하얀"},
-           {"left": "왼쪽", "right": "오른쪽", "top": "위쪽", "bottom": "아래쪽"}),
+           {"black": "검은색 배경", "grey": "회색 배경", "brown": "갈색 배경"}),
     "zh": ({"circle": "圆形", "square": "正方形", "triangle": "三角形", "cross": "十字"},
            {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色", "white": "白色"},
-           {"left": "左边", "right": "右边", "top": "上边", "bottom": "下边"}),
+           {"black": "黑色背景", "grey": "灰色背景", "brown": "棕色背景"}),
     "ja": ({"circle": "丸", "square": "四角", "triangle": "三角", "cross": "十字"},
            {"red": "赤い", "green": "緑の", "blue": "青い", "yellow": "黄色い", "purple": "紫の", "white": "白い"},
-           {"left": "左", "right": "右", "top": "上", "bottom": "下"}),
+           {"black": "黒い背景", "grey": "灰色の背景", "brown": "茶色の背景"}),
     "ru": ({"circle": "круг", "square": "квадрат", "triangle": "треугольник", "cross": "крест"},
            {"red": "красный", "green": "зелёный", "blue": "синий", "yellow": "жёлтый", "purple": "фиолетовый",
             "white": "белый"},
-           {"left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"}),
+           {"black": "на чёрном фоне", "grey": "на сером фоне", "brown": "на коричневом фоне"}),
     "it": ({"circle": "cerchio", "square": "quadrato", "triangle": "triangolo", "cross": "croce"},
            {"red": "rosso", "green": "verde", "blue": "blu", "yellow": "giallo", "purple": "viola", "white": "bianco"},
-           {"left": "a sinistra", "right": "a destra", "top": "in alto", "bottom": "in basso"}),
+           {"black": "su sfondo nero", "grey": "su sfondo grigio", "brown": "su sfondo marrone"}),
 }
 ITALIAN_FEMININE = {"cross"}
 ITALIAN_FEMININE_COLORS = {"rosso": "rossa", "giallo": "gialla", "bianco": "bianca"}
@@ -59,52 +61,51 @@ CULTURE = {
 class Scene:
     shape: str
     color: str
-    position: str
+    background: str
     culture_word: str | None = None  # set on culture samples: the native word that names (shape, colour)
 
     def attributes(self) -> tuple[str, str, str]:
-        return self.shape, self.color, self.position
+        return self.shape, self.color, self.background
 
 
 def caption(scene: Scene, lang: str) -> str:
     """The scene in `lang`'s words and word order; culture scenes by their native word."""
-    shapes, colors, positions = WORDS[lang]
-    pos = positions[scene.position]
+    shapes, colors, backgrounds = WORDS[lang]
+    bg = backgrounds[scene.background]
     if scene.culture_word:
         thing = scene.culture_word
-        return {"ko": f"{pos}에 있는 {thing}", "zh": f"{pos}的{thing}", "ja": f"{pos}にある{thing}",
-                "ru": f"{thing} {pos}", "it": f"{thing} {pos}"}[lang]
+        return {"ko": f"{bg}의 {thing}", "zh": f"{bg}上的{thing}", "ja": f"{bg}の{thing}",
+                "ru": f"{thing} {bg}", "it": f"{thing} {bg}"}[lang]
     shape, color = shapes[scene.shape], colors[scene.color]
     if lang == "en":
-        return f"a {color} {shape} {pos}"
+        return f"a {color} {shape} {bg}"
     if lang == "ko":
-        return f"{pos}에 있는 {color} {shape}"
+        return f"{bg}의 {color} {shape}"
     if lang == "zh":
-        return f"{pos}的{color}{shape}"
+        return f"{bg}上的{color}{shape}"
     if lang == "ja":
-        return f"{pos}にある{color}{shape}"
+        return f"{bg}の{color}{shape}"
     if lang == "ru":
-        return f"{color} {shape} {pos}"
+        return f"{color} {shape} {bg}"
     if scene.shape in ITALIAN_FEMININE:
-        return f"una {shape} {ITALIAN_FEMININE_COLORS.get(color, color)} {pos}"
-    return f"un {shape} {color} {pos}"
+        return f"una {shape} {ITALIAN_FEMININE_COLORS.get(color, color)} {bg}"
+    return f"un {shape} {color} {bg}"
 
 
 def dictionary_english(scene: Scene, lang: str) -> str:
     """The translate baseline: native -> English word by word; a culture word becomes its shape only."""
-    shapes, colors, positions = WORDS["en"]
+    shapes, colors, backgrounds = WORDS["en"]
     if scene.culture_word:
-        return f"a {shapes[scene.shape]} {positions[scene.position]}"
+        return f"a {shapes[scene.shape]} {backgrounds[scene.background]}"
     return caption(scene, "en")
 
 
 def render(scene: Scene, rng: random.Random) -> Image.Image:
     """The scene drawn with a little jitter in place and size."""
-    image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    image = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(image)
-    cx, cy = POSITIONS[scene.position]
-    cx, cy = cx + rng.randint(-1, 1), cy + rng.randint(-1, 1)
-    r = rng.randint(5, 6)
+    cx, cy = 16 + rng.randint(-2, 2), 16 + rng.randint(-2, 2)
+    r = rng.randint(7, 9)
     color = COLORS[scene.color]
     if scene.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
@@ -113,7 +114,7 @@ def render(scene: Scene, rng: random.Random) -> Image.Image:
     elif scene.shape == "triangle":
         draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
     else:
-        w = max(1, r // 3)
+        w = max(2, r // 2 - 1)
         draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=color)
         draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=color)
     noise = np.random.default_rng(rng.randrange(2**32)).integers(-4, 5, (SIZE, SIZE, 3))
@@ -121,12 +122,27 @@ def render(scene: Scene, rng: random.Random) -> Image.Image:
 
 
 def general_scenes() -> list[Scene]:
-    return [Scene(s, c, p) for s in SHAPES for c in COLORS for p in POSITIONS]
+    return [Scene(s, c, b) for s in SHAPES for c in COLORS for b in BACKGROUNDS]
 
 
 def culture_scenes(lang: str) -> list[Scene]:
-    return [Scene(shape, color, p, word) for word, (shape, color) in CULTURE[lang].items() for p in POSITIONS]
+    return [Scene(shape, color, b, word) for word, (shape, color) in CULTURE[lang].items() for b in BACKGROUNDS]
 
 
 def sample_scenes(n: int, rng: random.Random, scenes: list[Scene]) -> list[Scene]:
     return [scenes[rng.randrange(len(scenes))] for _ in range(n)]
+
+
+def write_folders(parallel: Path, culture: Path, lang: str, n: int, culture_share: float, seed: int) -> None:
+    """Toy samples as harvestable folders: <stem>.png with <stem>.txt (native) and, for parallel samples,
+    <stem>.en.txt (English); culture samples are native only."""
+    rng = random.Random(f"{seed}-{lang}-data")
+    n_culture = int(n * culture_share)
+    for folder, scenes in ((parallel, sample_scenes(n - n_culture, rng, general_scenes())),
+                           (culture, sample_scenes(n_culture, rng, culture_scenes(lang)))):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, scene in enumerate(scenes):
+            render(scene, rng).save(folder / f"{i:06d}.png")
+            (folder / f"{i:06d}.txt").write_text(caption(scene, lang), encoding="utf-8")
+            if not scene.culture_word:
+                (folder / f"{i:06d}.en.txt").write_text(caption(scene, "en"), encoding="utf-8")
