@@ -50,7 +50,7 @@ def cpu_scaling(steps: int, batch: int, images: int) -> dict:
         tmp = Path(tmp)
         rates = {}
         for workers in (1, 2):
-            env = {"PEA_RAY__NUM_WORKERS": str(workers), "PEA_DATA_DIR": str(tmp / "data")}
+            env = {"PEA_RAY__NUM_WORKERS": str(workers), "PEA_DATA_DIR": str(tmp / "data"), "PEA_PRESET": "tiny-sdxl"}
             profile = load_profile("local", env=env, cwd=tmp)
             if workers == 1:
                 ko = get_language("ko")

@@ -6,7 +6,6 @@ from the adapted tokens (masked mean, then a linear head), so one set of token s
 Saved as safetensors + a JSON config; never pickled.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -246,6 +246,14 @@ def train(
                f"MLflow run {result.mlflow_run_id}")
 
 
+@app.command("build-toy")
+def build_toy(profile: ProfileOpt = "local"):
+    """Build the toy world (teacher, students, judge) into the model cache, or find it by digest."""
+    from pea.toy.build import ensure_toy
+
+    typer.echo(f"toy world: {ensure_toy(_profile(profile).model_cache)}")
+
+
 def main() -> None:
     try:
         app()

@@ -15,12 +15,14 @@ def generate_image(
 ) -> Path:
     import torch
 
+    from pea.adapter import load_adapter
     from pea.inference import PEAPipeline
 
     check_prompts([prompt])
     if out.suffix.lower() != ".png":
         raise PeaError(f"output {out} is not a .png path", "give --out a file name ending in .png")
     language, preset = get_language(lang), get_preset(profile.preset)
+    load_adapter(adapter_dir, language=language.code)  # a wrong or broken adapter fails before any model loads
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = PEAPipeline.from_preset(adapter_dir, language, preset, profile.model_cache).to(device)
     generator = torch.Generator(device).manual_seed(seed)

@@ -2,10 +2,9 @@
 
 from functools import cache
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from pea.errors import PeaError
-from pea.resources import load_yaml
+from pea.resources import load_registry, lookup
 
 
 class _Frozen(BaseModel):
@@ -52,15 +51,8 @@ class Language(_Frozen):
 
 @cache
 def registry() -> dict[str, Language]:
-    raw = load_yaml("languages.yaml")
-    try:
-        return {code: Language(code=code, **entry) for code, entry in raw.items()}
-    except ValidationError as e:
-        raise PeaError(f"pea/resources/languages.yaml is invalid: {e}", "fix the entry it names") from e
+    return load_registry("languages.yaml", Language, "code")
 
 
 def get_language(code: str) -> Language:
-    langs = registry()
-    if code not in langs:
-        raise PeaError(f"unknown language {code!r}", f"use one of: {', '.join(langs)}")
-    return langs[code]
+    return lookup(registry(), code, "language")

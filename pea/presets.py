@@ -3,11 +3,10 @@
 from functools import cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from pea.errors import PeaError
 from pea.languages import EncoderSpec, Language
-from pea.resources import load_yaml
+from pea.resources import load_registry, lookup
 
 
 class Preset(BaseModel):
@@ -41,15 +40,8 @@ class Preset(BaseModel):
 
 @cache
 def registry() -> dict[str, Preset]:
-    raw = load_yaml("presets.yaml")
-    try:
-        return {name: Preset(name=name, **entry) for name, entry in raw.items()}
-    except ValidationError as e:
-        raise PeaError(f"pea/resources/presets.yaml is invalid: {e}", "fix the entry it names") from e
+    return load_registry("presets.yaml", Preset, "name")
 
 
 def get_preset(name: str) -> Preset:
-    presets = registry()
-    if name not in presets:
-        raise PeaError(f"unknown preset {name!r}", f"use one of: {', '.join(presets)}")
-    return presets[name]
+    return lookup(registry(), name, "preset")

@@ -12,7 +12,7 @@ from data_helpers import image_bytes, make_folder
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
 from pea.data.cache import cache_features, features_dir, load_null
 from pea.data.harvest import HarvestConfig, harvest
-from pea.data.loader import BucketBatchLoader, Position
+from pea.data.loader import BucketBatchLoader
 from pea.data.records import features_batch, image_batch
 from pea.data.shards import bucket
 from pea.data.sources import SourceSpec

@@ -37,8 +37,10 @@ def test_generate_writes_a_png(adapter_dir, tmp_path, pea_cli):
     ],
 )
 def test_generate_bad_input(adapter_dir, tmp_path, args, words, pea_cli):
-    result = pea_cli("generate", *args, "--adapter", str(adapter_dir), env={"PEA_DATA_DIR": str(tmp_path)}, cwd=tmp_path)
+    env = {"PEA_DATA_DIR": str(tmp_path), "PEA_PRESET": "tiny-sdxl"}
+    result = pea_cli("generate", *args, "--adapter", str(adapter_dir), env=env, cwd=tmp_path)
     assert result.code == 2 and "Traceback" not in result.err
     for w in words:
         assert w in result.err
     assert not (tmp_path / "x.jpg").exists()
+    assert not (tmp_path / "models").exists()  # refused before any model was built or loaded

@@ -64,7 +64,7 @@ def test_tiny_sd15_has_sd15s_conditioning_structure(model_cache):
 def test_tiny_builds_are_deterministic_and_reused(model_cache, tmp_path):
     preset = get_preset("tiny-sd15")
     first = pipeline_source(preset, model_cache)
-    other = pipeline_source(preset, tmp_path)
+    pipeline_source(preset, tmp_path)
     a = (model_cache / "tiny-sd15" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     b = (tmp_path / "tiny-sd15" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert a == b

@@ -1,7 +1,6 @@
 """Ray Train on 2 CPU workers (gloo) with the tiny preset; Ray runs on 127.0.0.1 and is stopped at the end."""
 
 import io
-import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,8 @@ def ray_local():
 def dataset(tmp_path_factory, model_cache, ray_local):
     """Cached features of 64 small images, in a storage root that the tests copy from."""
     root = tmp_path_factory.mktemp("train")
-    profile = load_profile("local", env={"PEA_RAY__NUM_WORKERS": "2", "PEA_DATA_DIR": str(root / "data")}, cwd=root)
+    env = {"PEA_RAY__NUM_WORKERS": "2", "PEA_DATA_DIR": str(root / "data"), "PEA_PRESET": "tiny-sdxl"}
+    profile = load_profile("local", env=env, cwd=root)
     harvest_stage(profile, KO, SourceSpec(name="local", kind="folder", uri=str(make_folder(root / "imgs", n=64))))
     translate(profile.storage(), "ko", "kor_Hang", "none", lambda: None)
     bucket_stage(profile, KO)
@@ -49,7 +49,7 @@ def dataset(tmp_path_factory, model_cache, ray_local):
 
 def _profile(dataset, tmp_path):
     """A fresh MLflow database and train folder, the shared (read-only) shards."""
-    env = {"PEA_RAY__NUM_WORKERS": "2", "PEA_DATA_DIR": str(dataset.data_dir),
+    env = {"PEA_RAY__NUM_WORKERS": "2", "PEA_DATA_DIR": str(dataset.data_dir), "PEA_PRESET": "tiny-sdxl",
            "PEA_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     return load_profile("local", env=env, cwd=tmp_path)
 

@@ -4,8 +4,6 @@ shards under <lang>/features/<preset>/; a shard's file appears whole or not at a
 the ones that exist. At scale the same per-shard function is a Ray Data map over the shard list."""
 
 import hashlib
-import io
-import json
 from collections.abc import Callable
 
 import torch

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow.parquet as pq
-from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from pea.data.sources import SourceSpec, read_metadata
