@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pea.data.sources import SourceSpec, read_metadata
-from pea.data.tars import iter_samples, write_shard
+from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.errors import PeaError
 from pea.storage import Storage
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 KEPT_COLUMNS = ["native", "english", "culture"]  # img2dataset records width and height itself
 
 

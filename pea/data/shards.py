@@ -14,10 +14,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
-from pea.data.tars import iter_samples, write_shard
+from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.storage import Storage
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def bucket(

@@ -14,6 +14,8 @@ import webdataset as wds
 
 from pea.errors import PeaError
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
 
 def check_member(info: tarfile.TarInfo, source: str) -> None:
     name = info.name
