@@ -131,7 +131,8 @@ def train_language(
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt, in the adapter's language.")],
     lang: LangOpt,
-    adapter: Annotated[Path, typer.Option(help="Folder of a saved adapter (adapter.json + adapter.safetensors).")],
+    adapter: Annotated[str, typer.Option(help="Folder of a saved adapter (adapter.json + adapter.safetensors), or a "
+                                         "registry URI: models:/pea-<lang>@champion, models:/pea-<lang>/<version>.")],
     out: Annotated[Path, typer.Option(help="Where to write the PNG.")] = Path("out.png"),
     negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 30,
@@ -142,9 +143,11 @@ def generate(
 ):
     """Generate an image from a native-language prompt with a trained adapter."""
     from pea.generate import generate_image
+    from pea.registry import resolve_adapter
 
     prof = _profile(profile, preset)
-    path = generate_image(prompt, lang, adapter, out, prof, negative=negative, steps=steps, guidance=guidance, seed=seed)
+    folder = resolve_adapter(adapter, prof.mlflow_tracking_uri, prof.data_dir / "registry")
+    path = generate_image(prompt, lang, folder, out, prof, negative=negative, steps=steps, guidance=guidance, seed=seed)
     typer.echo(f"wrote {path}")
 
 
@@ -244,6 +247,79 @@ def train(
     result = train_adapter(prof, get_language(lang), cfg)
     typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
                f"MLflow run {result.mlflow_run_id}")
+
+
+@app.command()
+def evaluate(
+    lang: LangOpt,
+    run_name: Annotated[str | None, typer.Option(help="The training run to evaluate (default: pea-<lang>-<preset>).")] = None,
+    max_prompts: Annotated[int | None, typer.Option(min=1, help="Prompts per set (default: all 200).")] = None,
+    images_per_prompt: Annotated[int, typer.Option(min=1, help="Images per prompt and system.")] = 1,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image.")] = 25,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per generation and metric batch.")] = 8,
+    profile: ProfileOpt = "local",
+):
+    """Evaluate a trained adapter on the MG/MC prompts against its baselines and the champion; write the report."""
+    from pea.evaluate.config import EvalConfig
+    from pea.evaluate.stage import evaluate_stage
+    from pea.languages import get_language
+
+    cfg = EvalConfig(max_prompts=max_prompts, images_per_prompt=images_per_prompt, steps=steps, batch_size=batch_size)
+    summary = evaluate_stage(_profile(profile), get_language(lang), run_name, cfg, typer.echo)
+    typer.echo(f"report: {summary['report']}")
+
+
+@app.command()
+def register(
+    lang: LangOpt,
+    run_name: Annotated[str | None, typer.Option(help="The evaluated training run (default: pea-<lang>-<preset>).")] = None,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Largest drop allowed on the guard metric (MG ImageReward).")] = 0.05,
+    profile: ProfileOpt = "local",
+):
+    """Register an evaluated run as a version of pea-<lang>; the gate decides whether it becomes champion."""
+    from pea.evaluate.config import GateConfig
+    from pea.evaluate.stage import register_stage
+    from pea.languages import get_language
+
+    out = register_stage(_profile(profile), get_language(lang), run_name, GateConfig(tolerance=tolerance))
+    verdict = "champion" if out["promoted"] else "challenger"
+    typer.echo(f"{out['model']} version {out['version']}{'' if out['new_version'] else ' (registered before)'}: "
+               f"{verdict} -- {out['reason']}")
+
+
+@app.command()
+def models(lang: LangOpt, profile: ProfileOpt = "local"):
+    """List the registered versions of pea-<lang> with their aliases, gate decisions and primary metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pea.languages import get_language
+    from pea.registry import list_versions, model_name
+
+    prof = _profile(profile)
+    name = model_name(get_language(lang).code)
+    rows = list_versions(prof.mlflow_tracking_uri, lang) if _registry_exists(prof) else []
+    if not rows:
+        typer.echo(f"{name}: no registered versions in {prof.mlflow_tracking_uri}")
+        return
+    table = Table(title=f"{name} ({prof.mlflow_tracking_uri})")
+    for col in ("version", "aliases", "primary metric", "guard metric"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("gate", overflow="fold")
+    for r in rows:
+        table.add_row(r["version"], ", ".join(sorted(r["aliases"])) or "-", f"{r['primary']} {r['primary_value']}",
+                      f"{r['guard']} {r['guard_value']}", f"{r['decision']}: {r['reason']}" if r["decision"] else "-")
+    Console(width=180).print(table)
+
+
+def _registry_exists(prof) -> bool:
+    """A local SQLite registry that was never written is not created just to be listed."""
+    from pea.profiles import check_mlflow
+
+    if prof.mlflow_tracking_uri.startswith("sqlite:///"):
+        return Path(prof.mlflow_tracking_uri.removeprefix("sqlite:///")).exists()
+    check_mlflow(prof.mlflow_tracking_uri)
+    return True
 
 
 @app.command("build-toy")

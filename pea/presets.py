@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pea.evaluate.config import EvalModels
 from pea.languages import EncoderSpec, Language
 from pea.resources import load_registry, lookup
 
@@ -22,6 +23,7 @@ class Preset(BaseModel):
     student_encoder: EncoderSpec | None = None
     bucket_step: int = 64  # bucket sides are multiples of this: VAE factor x UNet downsampling
     translation_model: str | None = None  # tiny presets: a built-locally MT model instead of the language's
+    eval_models: EvalModels = EvalModels()  # tiny presets: tiny metric models; toy: the world's judge
 
     @property
     def is_built_locally(self) -> bool:

@@ -39,6 +39,7 @@ class Profile(_Strict):
     data_dir: Path  # local working folder: model cache, SQLite, scratch
     storage_root: str  # local path or s3://bucket/prefix
     mlflow_tracking_uri: str
+    mlflow_artifact_root: str | None = None  # where new experiments keep artifacts; None: the server's default
     preset: str
     ray: RayProfile = RayProfile()
     s3: S3Profile = S3Profile()
@@ -107,7 +108,7 @@ def load_profile(name_or_path: str = "local", env: Mapping[str, str] | None = No
     raw = _apply_env(_read_profile_file(name_or_path), env or {})
     try:
         data_dir = (Path(cwd or Path.cwd()) / str(raw.get("data_dir", ""))).resolve()
-        for key in ("storage_root", "mlflow_tracking_uri"):
+        for key in ("storage_root", "mlflow_tracking_uri", "mlflow_artifact_root"):
             if isinstance(raw.get(key), str):
                 raw[key] = raw[key].replace("{data_dir}", str(data_dir))
         raw["data_dir"] = data_dir

@@ -41,6 +41,11 @@ def encoder_source(spec: EncoderSpec, model_cache: Path) -> str:
     return spec.id
 
 
+def model_source(name: str, model_cache: Path) -> str:
+    """What from_pretrained is given for any other model id: its built folder if pea builds it, else the id."""
+    return str(_built(name, model_cache)) if is_built_locally(name) else name
+
+
 def load_pipeline(preset: Preset, model_cache: Path, pipeline_cls=None, **kwargs):
     """The base model's diffusers pipeline (or `pipeline_cls`, e.g. an inpainting or ControlNet one)."""
     import diffusers

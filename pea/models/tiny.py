@@ -19,10 +19,11 @@ from pea.resources import resource_path
 
 ENCODER_BUILDS = ("tiny-byt5", "tiny-mt")
 PIPELINE_BUILDS = ("tiny-sd15", "tiny-sdxl")
+METRIC_BUILDS = ("tiny-clip", "tiny-openclip", "tiny-imagereward")  # pea/models/tiny_metrics.py
 
 
 def tiny_names() -> tuple[str, ...]:
-    return PIPELINE_BUILDS + ENCODER_BUILDS
+    return PIPELINE_BUILDS + ENCODER_BUILDS + METRIC_BUILDS
 
 
 def ensure_built(name: str, model_cache: Path) -> Path:
@@ -34,6 +35,11 @@ def ensure_built(name: str, model_cache: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if name in ENCODER_BUILDS:
         _save_byt5(name, tmp, resource_path("configs", name))
+    elif name in METRIC_BUILDS:
+        from pea.models import tiny_metrics
+
+        {"tiny-clip": tiny_metrics.save_tiny_clip, "tiny-openclip": tiny_metrics.save_tiny_openclip,
+         "tiny-imagereward": tiny_metrics.save_tiny_image_reward}[name](tmp)
     else:
         make_pipeline(name).save_pretrained(tmp, safe_serialization=True)
     (tmp / ".complete").write_text("ok\n")

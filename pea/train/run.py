@@ -59,17 +59,21 @@ def flatten(prefix: str, value) -> dict[str, str]:
     return {prefix: str(value)}
 
 
+def default_run_name(lang: str, preset: str) -> str:
+    return f"pea-{lang}-{preset}"
+
+
 def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dict, tags: dict) -> str:
     from mlflow import MlflowClient
 
-    client = MlflowClient(profile.mlflow_tracking_uri)
-    name = f"pea-{language.code}"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`pea.train_run` = '{run_name}'", max_results=1)
+    from pea.tracking import TRAIN_RUN_TAG, experiment_id, find_train_run
+
+    found = find_train_run(profile.mlflow_tracking_uri, language.code, run_name)
     if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags | {"pea.train_run": run_name})
+        return found.info.run_id
+    client = MlflowClient(profile.mlflow_tracking_uri)
+    experiment = experiment_id(profile.mlflow_tracking_uri, profile.mlflow_artifact_root, language.code)
+    run = client.create_run(experiment, run_name=run_name, tags=tags | {TRAIN_RUN_TAG: run_name})
     items = list(params.items())
     for start in range(0, len(items), 100):
         from mlflow.entities import Param
@@ -107,7 +111,7 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
     if spec.id in tiny_names():
         ensure_built(spec.id, profile.model_cache)
     prefix, cached, manifest = _data(profile, language, preset.name)
-    run_name = cfg.run_name or f"pea-{language.code}-{preset.name}"
+    run_name = cfg.run_name or default_run_name(language.code, preset.name)
     adapter = AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
                             hidden_dims=cfg.adapter_hidden, language=language.code, student_encoder=spec.id,
                             base_model=preset.model_id or preset.name)

@@ -1,0 +1,44 @@
+"""Evaluation settings, typed (no heavy imports: presets and the CLI read these)."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pea.languages import ModelRef
+
+
+class EvalModels(BaseModel):
+    """The metric models; defaults are the ones the paper reports with. Built-locally names (tiny-*) are
+    made under the model cache, as the tiny presets' other models are."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    clipscore_native: ModelRef | None = None  # None: the language's own CLIP from languages.yaml
+    clipscore_en: str = "ViT-bigG-14"  # an open_clip architecture, or a tiny-* build
+    clipscore_en_pretrained: str = "laion2b_s39b_b160k"
+    pickscore: str = "yuvalkirstain/PickScore_v1"
+    pickscore_processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    image_reward: str = "THUDM/ImageReward"  # a hub repo or folder with ImageReward.pt + med_config.json
+    image_reward_tokenizer: str = "bert-base-uncased"
+    toy_judge: bool = False  # the toy world scores with its judge instead of all of the above
+
+
+class EvalConfig(BaseModel):
+    """How images are made for scoring: fixed seeds, so every system sees the same noise per prompt."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    images_per_prompt: int = Field(1, ge=1)
+    seed: int = 0
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(5.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    max_prompts: int | None = Field(None, ge=1)  # per set; None: all of them
+    report_prompts: int = Field(6, ge=1)  # prompts per set shown in the report
+
+
+class GateConfig(BaseModel):
+    """The champion gate: better on the primary metric, and no worse than `tolerance` on the guard."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tolerance: float = Field(0.05, ge=0)  # absolute drop allowed on the guard metric
+    min_gain: float = Field(0.0, ge=0)  # the primary metric must rise by more than this

@@ -1,0 +1,93 @@
+"""Evaluate a candidate adapter the way the paper does (Sec. 4.2): images for the MG and MC prompt sets from
+the candidate and its baselines, with the same seed per prompt, scored in batches by every metric of the suite.
+
+Systems: `candidate` (native prompt -> student encoder + adapter), `teacher_en` (the English prompt through
+the base model's own encoder; MG only, the upper reference), `translate` (native -> MT -> English -> base
+model) and `champion` (the registered champion's adapter, when there is one). Images land under `out`,
+one PNG per (set, system, prompt, image), so the report can show them side by side.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pea.evaluate.config import EvalConfig
+from pea.evaluate.prompts import EvalPrompt
+from pea.evaluate.suites import Suite
+
+Progress = Callable[[str], None]
+SYSTEMS = ("candidate", "champion", "teacher_en", "translate")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]]  # system -> "<set>_<metric>" -> mean score
+    prompts: dict[str, list[EvalPrompt]]  # set -> the prompts that were scored
+    images: Path  # <images>/<set>/<system>/<prompt id>-<k>.png
+    primary: str
+    guard: str
+    notes: list[str] = field(default_factory=list)  # e.g. why the champion could not be evaluated
+
+    def to_json(self) -> dict:
+        return {"metrics": self.metrics, "primary": self.primary, "guard": self.guard, "notes": self.notes,
+                "prompts": {k: [p.__dict__ for p in v] for k, v in self.prompts.items()}}
+
+
+def image_path(root: Path, set_name: str, system: str, prompt: EvalPrompt, k: int) -> Path:
+    return root / set_name / system / f"{prompt.id}-{k}.png"
+
+
+def _draw(call, texts: list[str], seeds: list[int], cfg: EvalConfig, device: str) -> list:
+    """One batch of images; image i is drawn from seed i, whichever system draws it."""
+    import torch
+
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    return call(texts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=generators).images
+
+
+def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path,
+             progress: Progress = print, notes: list[str] | None = None) -> EvalResult:
+    """`pipe` is the base diffusers pipeline; `candidate` and `champion` are PEAPipelines around it (champion
+    may be None). Returns the mean of every metric per system."""
+    from tqdm.auto import tqdm
+
+    device = str(pipe.device)
+    pipe.set_progress_bar_config(disable=True)
+    systems: dict[str, Callable] = {"candidate": lambda t, **kw: candidate(t, **kw)}
+    if champion is not None:
+        systems["champion"] = lambda t, **kw: champion(t, **kw)
+    systems["teacher_en"] = lambda t, **kw: pipe(prompt=t, **kw)
+    systems["translate"] = lambda t, **kw: pipe(prompt=t, **kw)
+    metrics: dict[str, dict[str, float]] = {s: {} for s in systems}
+    for set_name, prompts in suite.sets.items():
+        k_range = range(cfg.images_per_prompt)
+        items = [(p, k) for p in prompts for k in k_range]
+        seeds = [cfg.seed + i for i in range(len(items))]
+        translated = suite.translate(prompts)
+        english_of = {p.id: t for p, t in zip(prompts, translated)}
+        for system, call in systems.items():
+            if system == "teacher_en" and set_name != "mg":
+                continue
+            texts = {"teacher_en": [p.english for p, _ in items], "translate": [english_of[p.id] for p, _ in items]}.get(
+                system, [p.native for p, _ in items])
+            bar = tqdm(total=len(items), desc=f"{set_name} {system}", unit="img", disable=None)
+            images = []
+            for start in range(0, len(items), cfg.batch_size):
+                images += _draw(call, texts[start : start + cfg.batch_size], seeds[start : start + cfg.batch_size],
+                                cfg, device)
+                bar.update(min(cfg.batch_size, len(items) - start))
+            bar.close()
+            for (p, k), image in zip(items, images):
+                path = image_path(out, set_name, system, p, k)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.save(path)
+            for scorer in suite.scorers[set_name]:
+                side = [getattr(p, scorer.text) for p, _ in items]
+                scores = []
+                for start in range(0, len(items), cfg.batch_size):
+                    scores += scorer(images[start : start + cfg.batch_size], side[start : start + cfg.batch_size])
+                metrics[system][f"{set_name}_{scorer.name}"] = sum(scores) / len(scores)
+            progress(f"  {set_name} {system}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics[system].items() if k.startswith(set_name)))
+    return EvalResult(metrics=metrics, prompts=dict(suite.sets), images=out, primary=suite.primary,
+                      guard=suite.guard, notes=list(notes or []))

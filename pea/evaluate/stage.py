@@ -1,0 +1,158 @@
+"""The evaluate and register stages as a user or a flow runs them: a profile, a language, a training run.
+
+evaluate: the candidate (the training run's final adapter), its baselines and the current champion on the
+MG/MC sets; the numbers, the report and its images go to <root>/<lang>/eval/<run name>/ and to the training
+run in MLflow. register: that run's adapter becomes a version of pea-<lang> (idempotent), `challenger`
+moves to it, and the gate decides from the evaluation's numbers whether `champion` does too.
+"""
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pea.errors import PeaError
+from pea.evaluate.config import EvalConfig, GateConfig
+from pea.languages import Language
+from pea.presets import get_preset
+from pea.profiles import Profile
+
+Progress = Callable[[str], None]
+REPORT_FILES = ("index.html", "grid.png", "curves.png")
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _train_run(profile: Profile, language: Language, run_name: str):
+    from pea.tracking import find_train_run
+
+    run = find_train_run(profile.mlflow_tracking_uri, language.code, run_name)
+    if run is None:
+        raise PeaError(f"no training run {run_name!r} for {language.code!r} in {profile.mlflow_tracking_uri}",
+                       f"train it first (`pea train --lang {language.code}`), or give the --run-name of one")
+    return run
+
+
+def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path) -> Path:
+    """The run's final adapter as a local folder (copied down from S3 when the root is remote)."""
+    storage = profile.storage()
+    parts = (language.code, "adapters", run_name)
+    if not storage.exists(*parts, "adapter.json"):
+        raise PeaError(f"training run {run_name!r} has no final adapter under {storage.uri(*parts)}",
+                       "let the training job finish (the same run name continues it)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter.json", "adapter.safetensors"):
+        (dst / name).write_bytes(storage.read_bytes(*parts, name))
+    return dst
+
+
+def _champion(profile: Profile, language: Language, dst: Path) -> tuple[str | None, Path | None, str | None]:
+    """(version, adapter folder, problem): the champion to compare against, if there is one."""
+    from pea.registry import CHAMPION, download_adapter, model_name, version_by_alias
+
+    version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION)
+    if version is None:
+        return None, None, None
+    try:
+        folder = download_adapter(profile.mlflow_tracking_uri, model_name(language.code), version.version, dst)
+    except PeaError as e:
+        return version.version, None, e.problem
+    return version.version, folder, None
+
+
+def _history(profile: Profile, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(profile.mlflow_tracking_uri)
+    keys = client.get_run(run_id).data.metrics
+    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys
+            if not k.startswith("eval.")}
+
+
+def evaluate_stage(profile: Profile, language: Language, run_name: str | None = None, cfg: EvalConfig = EvalConfig(),
+                   progress: Progress = _quiet) -> dict:
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from pea.evaluate.report import write_report
+    from pea.evaluate.run import evaluate
+    from pea.evaluate.suites import build_suite
+    from pea.inference import PEAPipeline
+    from pea.models.loading import freeze, load_pipeline
+    from pea.train.run import default_run_name
+
+    preset = get_preset(profile.preset)
+    run_name = run_name or default_run_name(language.code, preset.name)
+    run = _train_run(profile, language, run_name)
+    storage = profile.storage()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
+        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion")
+        notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = freeze(load_pipeline(preset, profile.model_cache)).to(device)
+        wrap = lambda folder: PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)  # noqa: E731
+        suite = build_suite(preset, language, profile.model_cache).limit(cfg.max_prompts)
+        progress(f"evaluating {run_name} on {', '.join(f'{len(v)} {k.upper()}' for k, v in suite.sets.items())} prompts"
+                 + (f" against champion v{champion_version}" if champion_dir else ""))
+        result = evaluate(pipe, wrap(adapter), wrap(champion_dir) if champion_dir else None, suite, cfg,
+                          tmp / "images", progress, notes)
+        title = f"pea-{language.code}: {run_name} ({preset.name})"
+        files = write_report(result, tmp / "report", title, _history(profile, run.info.run_id), cfg.report_prompts)
+        summary = result.to_json() | {"run_name": run_name, "train_run_id": run.info.run_id, "preset": preset.name,
+                                      "champion_version": str(champion_version) if champion_dir else None,
+                                      "champion_problem": problem, "config": cfg.model_dump(mode="json")}
+        for path in files.values():
+            storage.write_bytes(path.read_bytes(), language.code, "eval", run_name, path.name)
+        client = MlflowClient(profile.mlflow_tracking_uri)
+        client.log_batch(run.info.run_id, metrics=[Metric(f"eval.{system}.{k}", v, 0, 0)
+                                                   for system, m in result.metrics.items() for k, v in m.items()])
+        client.log_artifacts(run.info.run_id, str(tmp / "report"), artifact_path="report")
+        storage.write_json(summary, language.code, "eval", run_name, "metrics.json")  # last: the stage's done-mark
+    summary["report"] = storage.uri(language.code, "eval", run_name, "index.html")
+    return summary
+
+
+def register_stage(profile: Profile, language: Language, run_name: str | None = None,
+                   gate: GateConfig = GateConfig()) -> dict:
+    from pea.gate import Decision, decide
+    from pea.registry import CHAMPION, apply_decision, register, version_by_alias
+    from pea.train.run import default_run_name
+
+    preset = get_preset(profile.preset)
+    run_name = run_name or default_run_name(language.code, preset.name)
+    storage = profile.storage()
+    if not storage.exists(language.code, "eval", run_name, "metrics.json"):
+        raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")
+    summary = storage.read_json(language.code, "eval", run_name, "metrics.json")
+    run = _train_run(profile, language, run_name)
+    candidate = summary["metrics"]["candidate"]
+    primary, guard = summary["primary"], summary["guard"]
+    tags = {k: run.data.tags.get(k, "unknown") for k in ("pea.data_digest", "pea.code_revision", "pea.student_encoder")}
+    tags |= {"pea.lang": language.code, "pea.preset": preset.name, "pea.base_model": preset.model_id or preset.name,
+             "pea.train_run": run_name, "pea.primary": primary, "pea.primary_value": f"{candidate[primary]:.6g}",
+             "pea.guard": guard, "pea.guard_value": f"{candidate[guard]:.6g}",
+             **{f"pea.metric.{k}": f"{v:.6g}" for k, v in candidate.items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = _adapter_copy(profile, language, run_name, Path(tmp) / "adapter")
+        registered = register(profile.mlflow_tracking_uri, language.code, run.info.run_id, adapter, tags,
+                              {"lang": language.code, "preset": preset.name, "model_cache": str(profile.model_cache)})
+        shutil.rmtree(adapter)
+    champion = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION)
+    if champion is not None and str(champion.version) == registered.version:
+        decision = Decision(False, "this version is the champion already", {})
+    else:
+        compared = summary.get("champion_version")
+        problem = summary.get("champion_problem")
+        if champion is not None and not problem and compared != str(champion.version):
+            problem = f"the champion is v{champion.version} but this evaluation compared against {compared or 'none'}"
+        decision = decide(candidate, summary["metrics"].get("champion") if champion else None, primary, guard, gate,
+                          problem if champion is not None else None)
+        apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags())
+    return {"model": f"pea-{language.code}", "version": registered.version, "new_version": registered.created,
+            "promoted": decision.promote, "reason": decision.reason, "primary": primary, "guard": guard,
+            "candidate": candidate, "champion": summary["metrics"].get("champion")}

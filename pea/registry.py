@@ -1,0 +1,148 @@
+"""The MLflow model registry per language: `pea-<lang>`, aliases `challenger` (newest candidate) and
+`champion` (the one to serve), and the champion gate's decision written onto each version.
+
+A version is the training run's adapter logged as a pyfunc model (pea/serving.py) on that run; registering
+the same run again finds its version instead of making a second one, so a retried task is harmless.
+"""
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pea.adapter import CONFIG
+from pea.errors import PeaError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PYFUNC_NAME = "pea_adapter"
+
+
+def model_name(lang: str) -> str:
+    return f"pea-{lang}"
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (log_model, register_model) reads a global URI: set it for this block only."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+def version_by_alias(tracking_uri: str, lang: str, alias: str):
+    """The model version behind `alias`, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(tracking_uri).get_model_version_by_alias(model_name(lang), alias)
+    except MlflowException:
+        return None
+
+
+def download_adapter(tracking_uri: str, name: str, version: str, dst: Path) -> Path:
+    """The adapter folder of a registered version, downloaded under `dst`."""
+    import mlflow
+
+    try:
+        with _tracking(tracking_uri):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst))
+    except Exception as e:  # noqa: BLE001 -- MLflow raises many kinds; all mean the artifacts are not there
+        raise PeaError(f"the artifacts of {name} version {version} cannot be downloaded ({e})",
+                       "re-register the run, or move the alias to a version whose artifacts exist") from e
+    found = sorted(Path(local).rglob(CONFIG))
+    if not found:
+        raise PeaError(f"{name} version {version} holds no adapter ({CONFIG} missing)",
+                       "re-register the run, or move the alias to a version whose artifacts exist")
+    return found[0].parent
+
+
+def resolve_adapter(uri: str, tracking_uri: str, cache: Path) -> Path:
+    """A folder, or `models:/pea-<lang>@alias` / `models:/pea-<lang>/<version>`, as a local adapter folder."""
+    if not uri.startswith("models:/"):
+        return Path(uri)
+    ref = uri.removeprefix("models:/")
+    name, _, alias = ref.partition("@")
+    client = _client(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, alias).version if alias else ref.partition("/")[2]
+        name = name if alias else ref.partition("/")[0]
+    except MlflowException as e:
+        raise PeaError(f"{uri} does not exist in the registry at {tracking_uri}",
+                       f"see `pea models --lang {name.removeprefix('pea-')}` for the registered versions") from e
+    return download_adapter(tracking_uri, name, str(version), cache / name / str(version))
+
+
+@dataclass
+class Registered:
+    version: str
+    created: bool  # False: this run was registered before (a retry)
+
+
+def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags: dict[str, str],
+             model_config: dict) -> Registered:
+    """Log the adapter as a pyfunc model on the training run and register it as a version of pea-<lang>;
+    idempotent per run. The new version gets the `challenger` alias."""
+    import mlflow
+
+    from pea.resources import resource_path
+    from pea.serving import requirements
+
+    client, name = _client(tracking_uri), model_name(lang)
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        return Registered(str(existing[0].version), False)
+    with _tracking(tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "adapter"
+        shutil.copytree(adapter_dir, staged)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name=PYFUNC_NAME, python_model=str(resource_path("pyfunc_model.py")),
+                                           artifacts={"adapter": str(staged)},
+                                           pip_requirements=requirements(), metadata=tags, model_config=model_config)
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return Registered(str(version.version), True)
+
+
+def apply_decision(tracking_uri: str, lang: str, version: str, promote: bool, tags: dict[str, str]) -> None:
+    client, name = _client(tracking_uri), model_name(lang)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def list_versions(tracking_uri: str, lang: str) -> list[dict]:
+    """Every version of pea-<lang>, newest first, with aliases, gate decision and primary/guard metrics."""
+    client = _client(tracking_uri)
+    versions = client.search_model_versions(f"name = '{model_name(lang)}'")
+    if not versions:
+        return []
+    # search results carry no aliases; the registered model has them all
+    aliases = client.get_registered_model(model_name(lang)).aliases or {}
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = v.tags or {}
+        mine = [a for a, version in aliases.items() if str(version) == str(v.version)]
+        rows.append({"version": str(v.version), "aliases": mine, "run_id": v.run_id,
+                     "primary": tags.get("pea.primary", ""), "primary_value": tags.get("pea.primary_value", ""),
+                     "guard": tags.get("pea.guard", ""), "guard_value": tags.get("pea.guard_value", ""),
+                     "decision": tags.get("pea.gate.decision", ""), "reason": tags.get("pea.gate.reason", ""),
+                     "created": v.creation_timestamp})
+    return rows

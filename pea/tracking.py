@@ -1,0 +1,34 @@
+"""MLflow experiments and runs per language: experiment `pea-<lang>`, one run per training job (found again
+by its `pea.train_run` tag). With a local SQLite store, artifacts go under the profile's artifact root
+instead of MLflow's default ./mlruns in whatever folder the command ran from."""
+
+TRAIN_RUN_TAG = "pea.train_run"
+
+
+def experiment_name(lang: str) -> str:
+    return f"pea-{lang}"
+
+
+def experiment_id(tracking_uri: str, artifact_root: str | None, lang: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    name = experiment_name(lang)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def find_train_run(tracking_uri: str, lang: str, run_name: str):
+    """The MLflow run of training job `run_name`, or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name(lang))
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TRAIN_RUN_TAG}` = '{run_name}'",
+                               max_results=1)
+    return found[0] if found else None

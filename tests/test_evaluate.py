@@ -1,0 +1,142 @@
+"""Evaluation and registration end to end on tiny-sdxl: the report, the registry's versions and aliases,
+the gate, idempotent registration, `pea models`, `pea generate` from the registry, the pyfunc model."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pea.evaluate.config import EvalConfig, GateConfig
+from pea.evaluate.stage import evaluate_stage, register_stage
+from pea.gate import decide
+from pea.languages import get_language
+from pea.profiles import load_profile
+from pea.registry import CHAMPION, _client, _tracking, model_name, version_by_alias
+from tests.eval_helpers import fake_training_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+KO = get_language("ko")
+CFG = EvalConfig(max_prompts=3, steps=2, batch_size=4, report_prompts=2)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, model_cache):
+    """Two evaluated runs: run-a registered first (champion), run-b evaluated against it and registered."""
+    root = tmp_path_factory.mktemp("eval")
+    env = {"PEA_PRESET": "tiny-sdxl", "PEA_DATA_DIR": str(root / "data")}
+    profile = load_profile("local", env=env, cwd=root)
+    profile = profile.model_copy(update={"data_dir": root / "data"})
+    # the tiny models are shared with the rest of the session
+    (root / "data").mkdir()
+    (root / "data" / "models").symlink_to(model_cache, target_is_directory=True)
+    scratch = root / "scratch"
+    fake_training_run(profile, "ko", "run-a", 0, scratch)
+    first = evaluate_stage(profile, KO, "run-a", CFG)
+    reg_a = register_stage(profile, KO, "run-a")
+    again = register_stage(profile, KO, "run-a")
+    fake_training_run(profile, "ko", "run-b", 1, scratch)
+    second = evaluate_stage(profile, KO, "run-b", CFG)
+    reg_b = register_stage(profile, KO, "run-b", GateConfig(tolerance=0.05))
+    return {"profile": profile, "env": env, "root": root, "first": first, "second": second, "reg_a": reg_a,
+            "again": again, "reg_b": reg_b, "scratch": scratch}
+
+
+def test_every_system_is_scored_on_the_paper_metrics(world):
+    m = world["first"]["metrics"]
+    assert set(m) == {"candidate", "teacher_en", "translate"}
+    assert set(m["candidate"]) == {"mg_clipscore_native", "mg_clipscore_en", "mg_image_reward", "mg_pickscore",
+                                   "mc_clipscore_native"}
+    assert "mc_clipscore_native" not in m["teacher_en"]  # the English teacher is the MG reference only
+    assert set(world["second"]["metrics"]) == {"candidate", "champion", "teacher_en", "translate"}
+    assert world["second"]["champion_version"] == "1"
+    assert len(world["first"]["prompts"]["mg"]) == 3 and len(world["first"]["prompts"]["mc"]) == 3
+
+
+def test_the_champion_scored_in_the_second_run_is_the_first_candidate(world):
+    a, b = world["first"]["metrics"]["candidate"], world["second"]["metrics"]["champion"]
+    assert b == pytest.approx(a)  # same adapter, same seeds, same prompts
+
+
+def test_the_report_shows_prompts_images_metrics_and_curves(world):
+    storage = world["profile"].storage()
+    page = storage.read_bytes("ko", "eval", "run-b", "index.html").decode()
+    prompt = world["second"]["prompts"]["mg"][0]
+    assert prompt["native"] in page and prompt["english"] in page
+    # MG: 2 prompts x 4 systems, MC: 2 x 3 (no English teacher), and the training curves
+    assert page.count("<img src='data:image/png;base64,") == 2 * 4 + 2 * 3 + 1
+    assert "mc_clipscore_native (gate)" in page and "champion" in page
+    for name in ("grid.png", "curves.png", "metrics.json"):
+        assert storage.exists("ko", "eval", "run-b", name)
+    client = MlflowClient(world["profile"].mlflow_tracking_uri)
+    run_id = world["second"]["train_run_id"]
+    assert {a.path for a in client.list_artifacts(run_id, "report")} >= {"report/index.html", "report/grid.png"}
+    assert "eval.candidate.mc_clipscore_native" in client.get_run(run_id).data.metrics
+
+
+def test_the_first_version_is_champion_and_registering_again_adds_nothing(world):
+    assert world["reg_a"]["version"] == "1" and world["reg_a"]["promoted"] and world["reg_a"]["new_version"]
+    assert world["again"]["version"] == "1" and not world["again"]["new_version"]
+    client = _client(world["profile"].mlflow_tracking_uri)
+    assert len(client.search_model_versions("name = 'pea-ko'")) == 2
+
+
+def test_the_second_version_is_challenger_and_the_gate_decided_from_the_numbers(world):
+    profile, reg = world["profile"], world["reg_b"]
+    uri = profile.mlflow_tracking_uri
+    assert reg["version"] == "2" and reg["new_version"]
+    expected = decide(world["second"]["metrics"]["candidate"], world["second"]["metrics"]["champion"],
+                      "mc_clipscore_native", "mg_image_reward", GateConfig(tolerance=0.05))
+    assert reg["promoted"] == expected.promote and reg["reason"] == expected.reason
+    assert str(version_by_alias(uri, "ko", "challenger").version) == "2"
+    assert str(version_by_alias(uri, "ko", CHAMPION).version) == ("2" if expected.promote else "1")
+    tags = _client(uri).get_model_version(model_name("ko"), "2").tags
+    assert tags["pea.gate.reason"] == expected.reason and tags["pea.base_model"] == "tiny-sdxl"
+    assert tags["pea.student_encoder"] == "tiny-byt5" and tags["pea.data_digest"] == "digest-1"
+    assert tags["pea.code_revision"] == "rev0" and float(tags["pea.primary_value"]) > 0
+
+
+def test_pea_models_lists_versions_aliases_and_primary_metrics(world, pea_cli):
+    out = pea_cli("models", "--lang", "ko", env=world["env"], cwd=world["root"])
+    assert out.code == 0, out.err
+    assert "pea-ko" in out.out and "champion" in out.out and "challenger" in out.out, out.out
+    assert "mc_clipscore_native" in out.out
+    empty = pea_cli("models", "--lang", "ja", env=world["env"], cwd=world["root"])
+    assert empty.code == 0 and "pea-ja: no registered versions" in empty.out
+
+
+def test_generate_loads_the_champion_from_the_registry(world, pea_cli, tmp_path):
+    out = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", "models:/pea-ko@champion", "--steps", "2",
+                  "--out", str(tmp_path / "x.png"), env=world["env"], cwd=world["root"])
+    assert out.code == 0, out.err
+    assert (tmp_path / "x.png").stat().st_size > 0
+    missing = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", "models:/pea-ko@nope",
+                      "--out", str(tmp_path / "y.png"), env=world["env"], cwd=world["root"])
+    assert missing.code == 2 and "does not exist in the registry" in missing.err
+
+
+def test_the_registered_pyfunc_gives_prompt_embeddings(world):
+    import mlflow
+
+    with _tracking(world["profile"].mlflow_tracking_uri):
+        model = mlflow.pyfunc.load_model("models:/pea-ko@challenger")
+    out = model.predict(pd.DataFrame({"prompt": ["빨간 원", "파란 사각형"]}))
+    assert len(out) == 2 and len(out["prompt_embeds"][0]) == 96 and len(out["prompt_embeds"][0][0]) == 64
+    assert len(out["pooled_prompt_embeds"][0]) == 32
+
+
+def test_a_champion_whose_artifacts_are_gone_is_kept_with_the_reason(world):
+    profile = world["profile"]
+    client = _client(profile.mlflow_tracking_uri)
+    champion = version_by_alias(profile.mlflow_tracking_uri, "ko", CHAMPION)
+    source = client.get_model_version_download_uri(model_name("ko"), champion.version)
+    shutil.rmtree(source.removeprefix("file://"))
+    fake_training_run(profile, "ko", "run-c", 2, world["scratch"])
+    summary = evaluate_stage(profile, KO, "run-c", CFG)
+    assert "champion" not in summary["metrics"] and "could not be evaluated" in summary["notes"][0]
+    reg = register_stage(profile, KO, "run-c")
+    assert not reg["promoted"] and "could not be evaluated" in reg["reason"]
+    assert version_by_alias(profile.mlflow_tracking_uri, "ko", CHAMPION).version == champion.version
+    metrics = json.loads(profile.storage().read_bytes("ko", "eval", "run-c", "metrics.json"))
+    assert metrics["champion_problem"]

@@ -1,0 +1,89 @@
+"""The metric scorers load their models the way the real ones load (transformers, open_clip, the
+ImageReward checkpoint format) and score what they are given."""
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pea.errors import PeaError
+from pea.evaluate.config import EvalModels
+from pea.evaluate.image_reward import ImageRewardScorer, vision_key
+from pea.evaluate.metrics import CLIPScore, load_openclip_tiny, load_scorers
+from pea.languages import ModelRef, get_language
+from pea.models.tiny import ensure_built
+
+TINY = EvalModels(clipscore_native=ModelRef(id="tiny-clip", loader="transformers:CLIPModel"),
+                  clipscore_en="tiny-openclip", pickscore="tiny-clip", pickscore_processor="tiny-clip",
+                  image_reward="tiny-imagereward", image_reward_tokenizer="tiny-imagereward")
+RED, BLUE = Image.new("RGB", (48, 40), (220, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 220))
+
+
+@pytest.fixture(scope="module")
+def scorers(model_cache):
+    return {s.name: s for s in load_scorers(TINY, get_language("ko").clipscore, model_cache)}
+
+
+def test_every_paper_metric_is_loaded_with_the_side_of_the_prompt_it_reads(scorers):
+    assert {n: s.text for n, s in scorers.items()} == {
+        "clipscore_native": "native", "clipscore_en": "english", "image_reward": "english", "pickscore": "english"}
+    for scorer in scorers.values():
+        scores = scorer([RED, BLUE], ["빨간 원", "a blue square"])
+        assert len(scores) == 2 and all(isinstance(x, float) for x in scores)
+        assert scores == scorer([RED, BLUE], ["빨간 원", "a blue square"])  # deterministic (eval mode)
+
+
+def test_clipscore_is_100_times_the_clamped_cosine_of_the_models_own_features(scorers):
+    clip: CLIPScore = scorers["clipscore_native"]
+    text = clip.processor(text=["a red circle"], return_tensors="pt", padding=True)
+    pixels = clip.processor(images=[RED], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        t = clip.model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        i = clip.model.get_image_features(pixel_values=pixels)
+    t, i = (x if isinstance(x, torch.Tensor) else x.pooler_output for x in (t, i))
+    expected = max(float(torch.nn.functional.cosine_similarity(i, t)[0]), 0.0) * 100
+    assert clip([RED], ["a red circle"])[0] == pytest.approx(expected, rel=1e-5)
+    assert 0 <= clip([BLUE], ["x"])[0] <= 100
+
+
+def test_openclip_reads_the_saved_checkpoint_not_random_weights(model_cache):
+    folder = ensure_built("tiny-openclip", model_cache)
+    scorer = load_openclip_tiny(folder)
+    saved = load_file(folder / "open_clip_model.safetensors")
+    for key, value in scorer.model.state_dict().items():
+        assert torch.equal(value.cpu(), saved[key]), key
+
+
+def test_image_reward_maps_every_checkpoint_tensor_onto_blip(model_cache):
+    folder = ensure_built("tiny-imagereward", model_cache)
+    scorer = ImageRewardScorer.load(str(folder), str(folder))
+    state = torch.load(folder / "ImageReward.pt", weights_only=True)
+    vision = scorer.model.vision.state_dict()
+    for key, value in state.items():
+        if key.startswith("blip.visual_encoder."):
+            assert torch.equal(vision[vision_key(key.removeprefix("blip.visual_encoder."))], value), key
+    assert torch.equal(scorer.model.text.state_dict()["encoder.layer.0.crossattention.self.query.weight"],
+                       state["blip.text_encoder.encoder.layer.0.crossattention.self.query.weight"])
+    assert torch.equal(scorer.model.head[7].weight, state["mlp.layers.7.weight"])
+    a, b = scorer([RED, RED], ["a red circle", "zzz qqq"])
+    assert a != b  # the text reaches the reward through cross-attention
+
+
+def test_image_reward_refuses_a_checkpoint_that_would_run_code(tmp_path, model_cache):
+    folder = ensure_built("tiny-imagereward", model_cache)
+    for name in ("med_config.json", "vocab.txt"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    torch.save({"blip.visual_encoder.cls_token": torch.zeros(1), "payload": Image.new("RGB", (1, 1))},
+               tmp_path / "ImageReward.pt")
+    with pytest.raises(PeaError, match="not a tensors-only checkpoint"):
+        ImageRewardScorer.load(str(tmp_path), str(folder))
+
+
+def test_image_reward_with_a_missing_tensor_says_what_does_not_fit(tmp_path, model_cache):
+    folder = ensure_built("tiny-imagereward", model_cache)
+    state = torch.load(folder / "ImageReward.pt", weights_only=True)
+    del state["blip.text_encoder.encoder.layer.0.output.dense.weight"]
+    torch.save(state, tmp_path / "ImageReward.pt")
+    (tmp_path / "med_config.json").write_bytes((folder / "med_config.json").read_bytes())
+    with pytest.raises(PeaError, match="text weights do not fit"):
+        ImageRewardScorer.load(str(tmp_path), str(folder))
