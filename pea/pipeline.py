@@ -1,21 +1,21 @@
-"""The per-language job as it runs today on one machine: every stage that exists, in order.
+"""The per-language job as it runs today on one machine: every stage, in order.
 
 On the toy preset the data comes from the toy world itself (parallel samples with both captions, culture
 samples native only); on real presets from what `pea harvest` fetched. The Prefect flow (flows/) takes this
-over with the orchestration issue, and evaluation and registration follow with theirs.
+over with the orchestration issue.
 """
 
 from collections.abc import Callable
 
 from pea.data.sources import SourceSpec
 from pea.errors import PeaError
+from pea.evaluate.config import EvalConfig, GateConfig
 from pea.languages import Language
 from pea.presets import get_preset
 from pea.profiles import Profile, check_mlflow
 from pea.stages import bucket_stage, cache_stage, harvest_stage, translate_stage
 from pea.train.config import TrainConfig
 
-PENDING_STAGES = ["evaluate", "register"]
 TOY_SAMPLES = 4000
 TOY_CULTURE_SHARE = 0.15
 
@@ -34,7 +34,9 @@ def toy_sources(profile: Profile, language: Language, samples: int = TOY_SAMPLES
 
 
 def run_language(language: Language, profile: Profile, echo: Callable[[str], None] = print,
-                 train: TrainConfig | None = None, toy_samples: int = TOY_SAMPLES) -> dict:
+                 train: TrainConfig | None = None, toy_samples: int = TOY_SAMPLES,
+                 evaluation: EvalConfig = EvalConfig(), gate: GateConfig = GateConfig()) -> dict:
+    from pea.evaluate.stage import evaluate_stage, register_stage
     from pea.train.run import train_adapter
 
     preset = get_preset(profile.preset)
@@ -58,6 +60,11 @@ def run_language(language: Language, profile: Profile, echo: Callable[[str], Non
     echo(f"  cache: {len(features['shards'])} feature shards")
     result = train_adapter(profile, language, train or TrainConfig(progress="log"))
     echo(f"  train: {result.steps} steps, adapter at {result.adapter_uri} (MLflow run {result.mlflow_run_id})")
-    echo(f"  stages not built yet: {', '.join(PENDING_STAGES)}")
+    summary = evaluate_stage(profile, language, result.run_name, evaluation, echo)
+    echo(f"  evaluate: report at {summary['report']}")
+    registered = register_stage(profile, language, result.run_name, gate)
+    verdict = "champion" if registered["promoted"] else "challenger"
+    echo(f"  register: {registered['model']} version {registered['version']} is {verdict} ({registered['reason']})")
     return {"language": language.code, "preset": preset.name, "adapter": result.adapter_uri,
-            "mlflow_run_id": result.mlflow_run_id}
+            "mlflow_run_id": result.mlflow_run_id, "report": summary["report"], "version": registered["version"],
+            "promoted": registered["promoted"]}

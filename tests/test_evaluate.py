@@ -14,7 +14,9 @@ from pea.gate import decide
 from pea.languages import get_language
 from pea.profiles import load_profile
 from pea.registry import CHAMPION, _client, _tracking, model_name, version_by_alias
+from tests.browser import chromium, render
 from tests.eval_helpers import fake_training_run
+from tests.servers import mlflow_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 KO = get_language("ko")
@@ -140,3 +142,14 @@ def test_a_champion_whose_artifacts_are_gone_is_kept_with_the_reason(world):
     assert version_by_alias(profile.mlflow_tracking_uri, "ko", CHAMPION).version == champion.version
     metrics = json.loads(profile.storage().read_bytes("ko", "eval", "run-c", "metrics.json"))
     assert metrics["champion_problem"]
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_mlflow_ui_shows_the_model_and_its_champion(world, tmp_path):
+    uri = world["profile"].mlflow_tracking_uri
+    champion = str(version_by_alias(uri, "ko", CHAMPION).version)
+    with mlflow_ui(uri) as url:
+        dom = render(f"{url}/#/models/pea-ko", tmp_path / "chromium", screenshot=tmp_path / "models.png")
+    assert "pea-ko" in dom and "champion" in dom
+    assert f"Version {champion}" in dom and "challenger" in dom
+    assert (tmp_path / "models.png").stat().st_size > 10_000

@@ -1,9 +1,10 @@
-"""The main job on one machine: every stage that exists, on the tiny preset with toy-world data."""
+"""The main job on one machine: every stage, on the tiny preset with toy-world data."""
 
 import pytest
 from mlflow import MlflowClient
 
 from pea.adapter import load_adapter
+from pea.evaluate.config import EvalConfig
 from pea.languages import get_language
 from pea.pipeline import run_language
 from pea.profiles import load_profile
@@ -19,7 +20,8 @@ def test_train_language_runs_every_stage(tmp_path):
     lines = []
     train = TrainConfig(steps=10, batch_size=8, log_every=5, checkpoint_every=5, progress="log")
     try:
-        result = run_language(get_language("ko"), profile, echo=lines.append, train=train, toy_samples=120)
+        result = run_language(get_language("ko"), profile, echo=lines.append, train=train, toy_samples=120,
+                              evaluation=EvalConfig(max_prompts=2, steps=2))
     finally:
         ray.shutdown()
     storage = profile.storage()
@@ -33,3 +35,6 @@ def test_train_language_runs_every_stage(tmp_path):
     run = MlflowClient(profile.mlflow_tracking_uri).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert any(line.startswith("  train: 10 steps") for line in lines)
+    assert storage.exists("ko", "eval", "pea-ko-tiny-sdxl", "index.html")
+    assert result["version"] == "1" and result["promoted"]
+    assert lines[-1].startswith("  register: pea-ko version 1 is champion (no champion yet)")
