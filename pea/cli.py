@@ -118,13 +118,21 @@ def train_language(
     lang: LangOpt,
     profile: ProfileOpt = "local",
     preset: Annotated[str | None, typer.Option(help="Override the profile's preset.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the training config's).")] = None,
+    eval_prompts: Annotated[int | None, typer.Option(min=1, help="Prompts per evaluation set (default: all).")] = None,
 ):
-    """Run the whole per-language pipeline on the active profile."""
+    """Run the whole per-language pipeline (the Prefect flow `pea`, in-process) on the active profile."""
     from pea.languages import get_language
-    from pea.pipeline import run_language
 
-    language = get_language(lang)
-    run_language(language, _profile(profile, preset), echo=typer.echo)
+    get_language(lang)  # bad input fails here, before Prefect starts
+    prof = _profile(profile, preset)
+    # on a busy 2-core machine Prefect's temporary API server needs more than its default 20 s to start
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from flows.pea_flow import pea
+
+    out = pea(lang=lang, preset=prof.preset, steps=steps, profile=profile, eval_prompts=eval_prompts)
+    verdict = "champion" if out["promoted"] else "challenger"
+    typer.echo(f"{out['model']} version {out['version']} ({out['run_name']}) is {verdict}: {out['reason']}")
 
 
 @app.command()

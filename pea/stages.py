@@ -1,7 +1,8 @@
 """The data stages as a user or a flow runs them: a profile, a language, typed options.
 
 Each function resolves models and paths from the profile and calls one pea.data function; the CLI and the
-Prefect tasks both call these, so the two never drift apart.
+Prefect tasks both call these, so the two never drift apart. On built-locally presets (tiny, toy) the data
+comes from the toy world itself (parallel samples with both captions, culture samples native only).
 """
 
 from collections.abc import Callable
@@ -10,11 +11,14 @@ from pea.data.buckets import BucketConfig
 from pea.data.harvest import HarvestConfig, harvest
 from pea.data.sources import SourceSpec
 from pea.data.translate import TranslateConfig
+from pea.errors import PeaError
 from pea.languages import Language
 from pea.presets import Preset, get_preset
 from pea.profiles import Profile
 
 Progress = Callable[[str], None]
+TOY_SAMPLES = 4000
+TOY_CULTURE_SHARE = 0.15
 
 
 def _quiet(msg: str) -> None:
@@ -27,8 +31,44 @@ def bucket_config(language: Language, preset: Preset, **overrides) -> BucketConf
     return BucketConfig(**{"side": side, "step": preset.bucket_step, **overrides})
 
 
+def toy_sources(profile: Profile, language: Language, samples: int = TOY_SAMPLES) -> list[SourceSpec]:
+    """The toy world's samples for `language`, rendered once as harvestable folders."""
+    from pea.toy.world import LANGS, write_folders
+
+    if language.code not in LANGS:
+        raise PeaError(f"the toy world has no {language.code!r} captions", f"use one of: {', '.join(LANGS)}")
+    root = profile.data_dir / "toy-data" / language.code
+    if not (root / ".complete").exists():
+        write_folders(root / "parallel", root / "culture", language.code, samples, TOY_CULTURE_SHARE, seed=0)
+        (root / ".complete").write_text("ok\n")
+    return [SourceSpec(name="toy-parallel", kind="folder", uri=str(root / "parallel")),
+            SourceSpec(name="toy-culture", kind="folder", uri=str(root / "culture"), culture=True)]
+
+
+def default_sources(profile: Profile, language: Language, toy_samples: int = TOY_SAMPLES) -> list[SourceSpec]:
+    """Toy data on built-locally presets; none on real ones (harvest with `pea harvest` or the flow's sources)."""
+    return toy_sources(profile, language, toy_samples) if get_preset(profile.preset).is_built_locally else []
+
+
+def harvested_sources(profile: Profile, language: Language) -> list[str]:
+    """Names of the sources already harvested for `language` (each has a manifest)."""
+    found = profile.storage().glob(language.code, "raw", "*", "manifest.json")
+    if not found:
+        raise PeaError(f"no harvested data for {language.code!r} under {profile.storage().root}",
+                       f"run `pea harvest --lang {language.code} ...` first, give the flow `sources`, or use the toy preset")
+    return [path.split("/")[-2] for path in found]
+
+
 def harvest_stage(profile: Profile, language: Language, source: SourceSpec, cfg: HarvestConfig = HarvestConfig()) -> dict:
     return harvest(profile.storage(), language.code, source, cfg)
+
+
+def ensure_harvested(profile: Profile, language: Language, source: SourceSpec) -> dict:
+    """A source's manifest: the one already there, or a fresh harvest's."""
+    storage = profile.storage()
+    if storage.exists(language.code, "raw", source.name, "manifest.json"):
+        return storage.read_json(language.code, "raw", source.name, "manifest.json")
+    return harvest_stage(profile, language, source)
 
 
 def translate_stage(profile: Profile, language: Language, cfg: TranslateConfig = TranslateConfig(),

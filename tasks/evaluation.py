@@ -1,0 +1,48 @@
+"""Evaluation and registration as Prefect tasks, with a progress artifact while images are scored and a
+table artifact of the numbers and the gate's decision. Registering touches the MLflow server, so it retries;
+it is idempotent per training run, so a retry never makes a second version."""
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from pea.evaluate.config import EvalConfig, GateConfig
+from pea.evaluate.stage import evaluate_stage, register_stage
+from pea.languages import Language
+from pea.profiles import Profile
+from tasks.data import CACHE
+
+
+@task(name="evaluate", **CACHE)
+def evaluate_adapter(profile: Profile, language: Language, run_name: str, cfg: EvalConfig) -> dict:
+    log, steps = get_run_logger(), {"done": 0}
+    artifact = create_progress_artifact(0.0, description=f"evaluating {run_name}")
+
+    def progress(message: str) -> None:
+        log.info(message)
+        if message.startswith("  "):  # one line per (set, system) scored; at most 7 of them
+            steps["done"] += 1
+            update_progress_artifact(artifact, min(100.0, steps["done"] * 100 / 7))
+
+    summary = evaluate_stage(profile, language, run_name, cfg, progress)
+    update_progress_artifact(artifact, 100.0)
+    return summary
+
+
+@task(name="register", retries=3, retry_delay_seconds=[5, 30, 120])
+def register_adapter(profile: Profile, language: Language, run_name: str, gate: GateConfig, summary: dict) -> dict:
+    outcome = register_stage(profile, language, run_name, gate)
+    create_markdown_artifact(key=f"pea-{language.code}-evaluation", markdown=markdown(summary, outcome),
+                             description=f"{outcome['model']} v{outcome['version']}: evaluation and gate")
+    return outcome
+
+
+def markdown(summary: dict, outcome: dict) -> str:
+    metrics = summary["metrics"]
+    names = sorted({k for m in metrics.values() for k in m})
+    lines = [f"| system | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {system} | " + " | ".join(f"{m[n]:.4f}" if n in m else "-" for n in names) + " |"
+              for system, m in metrics.items()]
+    verdict = "promoted to **champion**" if outcome["promoted"] else "kept as **challenger**"
+    return (f"## {outcome['model']} version {outcome['version']}: {verdict}\n\n{outcome['reason']}\n\n"
+            f"Gate: `{outcome['primary']}` must rise, `{outcome['guard']}` may not fall beyond the tolerance.\n\n"
+            + "\n".join(lines) + f"\n\nReport: `{summary['report']}`\n")
