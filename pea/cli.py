@@ -320,6 +320,21 @@ def models(lang: LangOpt, profile: ProfileOpt = "local"):
     Console(width=180).print(table)
 
 
+@app.command()
+def dashboard(
+    out: Annotated[Path | None, typer.Option(help="Where to write the page (default: <data dir>/leaderboard.html).")] = None,
+    profile: ProfileOpt = "local",
+):
+    """Write the leaderboard page: per language, champion and challenger with their metrics and samples."""
+    from pea.languages import registry
+    from pea.leaderboard import write_leaderboard
+
+    prof = _profile(profile)
+    langs = list(registry()) if _registry_exists(prof) else []
+    path = write_leaderboard(prof.mlflow_tracking_uri, langs, out or prof.data_dir / "leaderboard.html")
+    typer.echo(f"wrote {path}")
+
+
 def _registry_exists(prof) -> bool:
     """A local SQLite registry that was never written is not created just to be listed."""
     from pea.profiles import check_mlflow

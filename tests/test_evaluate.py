@@ -153,3 +153,14 @@ def test_the_mlflow_ui_shows_the_model_and_its_champion(world, tmp_path):
     assert "pea-ko" in dom and "champion" in dom
     assert f"Version {champion}" in dom and "challenger" in dom
     assert (tmp_path / "models.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_leaderboard_shows_champion_and_challenger_with_metrics_and_samples(world, pea_cli, tmp_path):
+    page = tmp_path / "board.html"
+    out = pea_cli("dashboard", "--out", str(page), env=world["env"], cwd=world["root"])
+    assert out.code == 0, out.err
+    dom = render(page.as_uri(), tmp_path / "chromium", screenshot=tmp_path / "board.png")
+    assert "pea-ko" in dom and "champion" in dom and "challenger" in dom and "mc_clipscore_native" in dom
+    assert dom.count("<figure>") >= 2 and "pea-ja" in dom and "no registered versions yet" in dom
+    assert (tmp_path / "board.png").stat().st_size > 10_000

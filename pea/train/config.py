@@ -49,6 +49,7 @@ class TrainJob(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     lang: str
+    run_name: str
     preset: str
     model_cache: str
     storage_root: str

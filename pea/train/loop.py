@@ -18,6 +18,7 @@ from pea.distill import HookedUNet, NonFiniteLossError, kd_step
 from pea.storage import Storage
 from pea.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from pea.train.config import TrainJob
+from pea.train.gauges import TrainGauges
 
 log = logging.getLogger("pea.train")
 
@@ -114,6 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
     if loader.batches_per_epoch() == 0:
         raise ValueError(f"rank {rank} gets no full batch of {cfg.batch_size}: lower batch_size or add data")
     bar = _progress(cfg, rank, state.step)
+    gauges = TrainGauges(job.lang, job.run_name) if rank == 0 else None
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     sums: dict[str, float] = {}
     window_start, window_samples, window_steps = time.perf_counter(), 0, 0
@@ -168,9 +170,12 @@ def train_loop_per_worker(config: dict) -> None:
                     metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if rank == 0:
                     _log_metrics(job, metrics, state.step, cfg)
+                    gauges.observe(metrics, device)
                 sums, window_start, window_samples, window_steps = {}, time.perf_counter(), 0, 0
             if state.step % cfg.checkpoint_every == 0 or finished:
                 _report(job, adapter, optimizer, schedule, state, generator, rank, state.step)
+                if gauges is not None:
+                    gauges.checkpointed()
             if finished:
                 break
         else:

@@ -121,7 +121,7 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
                                              "preset": preset.name, "lang": language.code, "cached_features": cached}),
                          tags={"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
                                "pea.code_revision": code_revision(), "pea.student_encoder": spec.id})
-    job = TrainJob(lang=language.code, preset=preset.name, model_cache=str(profile.model_cache),
+    job = TrainJob(lang=language.code, run_name=run_name, preset=preset.name, model_cache=str(profile.model_cache),
                    storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
                    cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg,
                    mlflow_tracking_uri=profile.mlflow_tracking_uri, mlflow_run_id=run_id)
