@@ -64,3 +64,13 @@ def test_bad_parameters_are_refused_before_any_work(harness, tmp_path, monkeypat
         state = pea(**bad, return_state=True)
         assert state.is_failed() and all(w in state.message for w in words), state.message
     assert not (tmp_path / "pea-data").exists()
+
+
+def test_a_failing_stage_fails_the_flow_with_its_own_message(harness, tmp_path, monkeypatch):
+    from flows.pea_flow import pea
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PEA_PRESET", "tiny-sdxl")
+    gone = tmp_path / "gone"
+    state = pea(lang="ko", sources=[{"name": "gone", "kind": "folder", "uri": str(gone)}], return_state=True)
+    assert state.is_failed() and f"source folder {gone} does not exist" in state.message, state.message

@@ -23,7 +23,8 @@ def _systems(result: EvalResult) -> list[str]:
 
 
 def _samples(result: EvalResult, n: int) -> dict[str, list]:
-    return {set_name: prompts[:n] for set_name, prompts in result.prompts.items()}
+    """`n` prompts per set, spread over the set (its prompts are grouped by subject)."""
+    return {set_name: prompts[:: max(1, len(prompts) // n)][:n] for set_name, prompts in result.prompts.items()}
 
 
 def _cell(result: EvalResult, set_name: str, system: str, prompt) -> Path | None:
