@@ -33,7 +33,8 @@ class LocalStack:
         return f"http://127.0.0.1:{self.prefect_port}/api"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+        # PWD: prefect.yaml's pull step runs flows in {{ $PWD }}, the checkout, wherever this was started from
+        return {**os.environ, "PWD": str(ROOT), "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
                 "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "PREFECT_UI_ENABLED": "true", **self.extra_env}
 
