@@ -75,18 +75,21 @@ def resolve_adapter(uri: str, tracking_uri: str, cache: Path) -> Path:
     """A folder, or `models:/pea-<lang>@alias` / `models:/pea-<lang>/<version>`, as a local adapter folder."""
     if not uri.startswith("models:/"):
         return Path(uri)
-    ref = uri.removeprefix("models:/")
-    name, _, alias = ref.partition("@")
-    client = _client(tracking_uri)
     from mlflow.exceptions import MlflowException
 
+    ref = uri.removeprefix("models:/")
+    client = _client(tracking_uri)
     try:
-        version = client.get_model_version_by_alias(name, alias).version if alias else ref.partition("/")[2]
-        name = name if alias else ref.partition("/")[0]
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        else:
+            name, _, version = ref.partition("/")
+            client.get_model_version(name, version)
     except MlflowException as e:
         raise PeaError(f"{uri} does not exist in the registry at {tracking_uri}",
-                       f"see `pea models --lang {name.removeprefix('pea-')}` for the registered versions") from e
-    return download_adapter(tracking_uri, name, str(version), cache / name / str(version))
+                       "see `pea models --lang <lang>` for the registered versions") from e
+    return download_adapter(tracking_uri, name, version, cache / name / version)
 
 
 @dataclass

@@ -4,7 +4,6 @@ side, and the training curves; plus the same samples as one PNG grid."""
 
 import base64
 import html
-import io
 from pathlib import Path
 
 from PIL import Image, ImageDraw

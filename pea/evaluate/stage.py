@@ -95,7 +95,10 @@ def evaluate_stage(profile: Profile, language: Language, run_name: str | None = 
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
         device = "cuda" if torch.cuda.is_available() else "cpu"
         pipe = freeze(load_pipeline(preset, profile.model_cache)).to(device)
-        wrap = lambda folder: PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)  # noqa: E731
+
+        def wrap(folder: Path) -> PEAPipeline:
+            return PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)
+
         suite = build_suite(preset, language, profile.model_cache).limit(cfg.max_prompts)
         progress(f"evaluating {run_name} on {', '.join(f'{len(v)} {k.upper()}' for k, v in suite.sets.items())} prompts"
                  + (f" against champion v{champion_version}" if champion_dir else ""))
