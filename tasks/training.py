@@ -1,21 +1,60 @@
 """Training as a Prefect task: Ray Train does the work and its own retries (max_failures); the task is cached
-on the run name, config and feature manifest, so a finished job is not submitted twice."""
+on the run name, config and feature manifest, so a finished job is not submitted twice. While the job runs,
+a progress artifact follows the `step` metric that rank 0 logs to MLflow."""
 
+import contextvars
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from pea.languages import Language
 from pea.profiles import Profile
+from pea.tracking import find_train_run
 from pea.train.config import TrainConfig
+from pea.train.run import default_run_name
 from pea.train.run import train_adapter as train
 from tasks.data import CACHE
+
+POLL_S = 10
+log = logging.getLogger("pea.tasks")
+
+
+@contextmanager
+def training_progress(profile: Profile, lang: str, run_name: str, steps: int) -> Iterator[None]:
+    """Poll the run's step in MLflow beside the blocking Ray job (the thread carries the task's Prefect context)."""
+    artifact = create_progress_artifact(0.0, description=f"training {run_name}")
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(POLL_S):
+            try:
+                run = find_train_run(profile.mlflow_tracking_uri, lang, run_name)
+                step = run.data.metrics.get("step") if run else None
+                if step:
+                    update_progress_artifact(artifact, min(100.0, 100.0 * step / steps))
+            except Exception as e:  # noqa: BLE001 -- progress is best effort; the job reports its own failures
+                log.debug("training progress not updated: %s", e)
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(poll,), daemon=True)
+    thread.start()
+    try:
+        yield
+        update_progress_artifact(artifact, 100.0)
+    finally:
+        stop.set()
+        thread.join()
 
 
 @task(name="train", **CACHE)
 def train_adapter(profile: Profile, language: Language, cfg: TrainConfig, features: dict) -> dict:
-    result = train(profile, language, cfg)
+    run_name = cfg.run_name or default_run_name(language.code, profile.preset)
+    with training_progress(profile, language.code, run_name, cfg.steps):
+        result = train(profile, language, cfg)
     create_markdown_artifact(
         key=f"pea-{language.code}-training", description="the training job",
         markdown=f"**{result.run_name}**: {result.steps} steps, adapter at `{result.adapter_uri}`, "

@@ -54,6 +54,9 @@ def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(harness, 
     version = _client(profile.mlflow_tracking_uri).get_model_version("pea-ko", "2")
     assert version.tags["pea.gate.decision"] in ("promoted", "kept champion")
     assert version.tags["pea.gate.reason"] == two["reason"]
+    with get_client(sync_client=True) as client:
+        progress = {a.description: a.data for a in client.read_artifacts() if a.type == "progress"}
+    assert progress[f"training {two['run_name']}"] == 100.0 and progress[f"evaluating {two['run_name']}"] == 100.0
 
 
 def test_bad_parameters_are_refused_before_any_work(harness, tmp_path, monkeypatch):
