@@ -30,7 +30,7 @@ from pea.data.records import features_batch
 from pea.data.shards import bucket
 from pea.data.sources import SourceSpec
 from pea.data.translate import translate
-from pea.distill import HookedUNet, KDConfig, kd_step
+from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
 from pea.features import FeatureExtractor
 from pea.languages import get_language
 from pea.models.encoders import load_text_encoder
@@ -103,14 +103,15 @@ def loader_and_kd_rates(tmp: Path, n: int, batch: int, model_cache: Path) -> tup
     loader_rate = len(batches) / (time.perf_counter() - start)
 
     adapter = PEAAdapter(AdapterConfig(input_dim=student.hidden_size, context_dim=preset.context_dim,
-                                       pooled_dim=preset.pooled_dim))
+                                       pooled_dim=preset.pooled_dim, hidden_dims=preset.adapter_hidden))
+    noise = training_scheduler(pipe.scheduler.config)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-4)
     unet, null, cfg = HookedUNet(pipe.unet), load_null(storage, "ko", preset.name), KDConfig()
     pipe.unet.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
 
     def step(b):
-        kd_step(unet, adapter, pipe.scheduler, b, null, cfg, gen).loss.backward()
+        kd_step(unet, adapter, noise, b, null, cfg, gen).loss.backward()
         opt.step()
         opt.zero_grad()
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from pea.adapter import AdapterConfig, PEAAdapter
-from pea.distill import HookedUNet, KDConfig, kd_step
+from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
 from pea.features import FeatureExtractor
 from pea.languages import EncoderSpec, get_language
 from pea.models.encoders import TextEncoder, load_text_encoder
@@ -106,12 +106,14 @@ def _models(preset_name: str, device, dtype, model_cache: Path):
         student = load_text_encoder(preset.student_for(get_language("ko")), model_cache)
     else:
         # the real architecture from the shipped configs, random weights; the student is a copy of the
-        # second teacher encoder (same size class as a 1024-d language CLIP)
+        # teacher's last encoder (SDXL's second: the size class of a 1024-d language CLIP; SD1.5's only one)
         with torch.device(device):
             pipe = make_pipeline(preset_name)
+        last = "_2" if "text_encoder_2" in pipe.components else ""
+        encoder, tokenizer = getattr(pipe, f"text_encoder{last}"), getattr(pipe, f"tokenizer{last}")
         spec = EncoderSpec(id="random", loader="transformers:CLIPTextModel", tokenizer="transformers:CLIPTokenizer",
-                           hidden_size=pipe.text_encoder_2.config.hidden_size, max_tokens=77)
-        student = TextEncoder(spec, pipe.tokenizer_2, copy.deepcopy(pipe.text_encoder_2.text_model))
+                           hidden_size=encoder.config.hidden_size, max_tokens=77)
+        student = TextEncoder(spec, tokenizer, copy.deepcopy(encoder.text_model))
     pipe = freeze(pipe).to(device, dtype)
     student.model.to(device, dtype)
     if device.type == "cpu":
@@ -128,7 +130,8 @@ def run(args) -> dict:
     B = args.batch
     extractor = FeatureExtractor(pipe, student)
     adapter = PEAAdapter(AdapterConfig(input_dim=student.hidden_size, context_dim=preset.context_dim,
-                                       pooled_dim=preset.pooled_dim)).to(device, dtype)
+                                       pooled_dim=preset.pooled_dim, hidden_dims=preset.adapter_hidden)).to(device, dtype)
+    noise = training_scheduler(pipe.scheduler.config)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
     gen = torch.Generator(device).manual_seed(0)
     images = torch.rand(B, 3, side, side, device=device, dtype=dtype) * 2 - 1
@@ -141,7 +144,7 @@ def run(args) -> dict:
 
     def step(b):
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            result = kd_step(unet, adapter, pipe.scheduler, b, null, KD, gen)
+            result = kd_step(unet, adapter, noise, b, null, KD, gen)
         result.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -161,7 +164,7 @@ def run(args) -> dict:
         try:
             b = extractor(images, english, native, culture)
             with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-                result = kd_step(unet, adapter, pipe.scheduler, b, null, KD, gen, teacher_unet=teacher_unet)
+                result = kd_step(unet, adapter, noise, b, null, KD, gen, teacher_unet=teacher_unet)
             result.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -66,8 +66,8 @@ def cpu_scaling(steps: int, batch: int, images: int) -> dict:
 
 def sdxl_gpu(batch: int, steps: int) -> dict:
     """KD steps on the real SDXL UNet architecture at 1024 px (128x128 latents), cached-feature shapes."""
-    from pea.adapter import AdapterConfig, Conditioning, PEAAdapter
-    from pea.distill import HookedUNet, KDBatch, KDConfig, NullConditioning, kd_step
+    from pea.adapter import AdapterConfig, PEAAdapter
+    from pea.distill import HookedUNet, KDBatch, KDConfig, NullConditioning, kd_step, training_scheduler
     from pea.models.tiny import make_pipeline
 
     device = torch.device("cuda")
@@ -84,13 +84,14 @@ def sdxl_gpu(batch: int, steps: int) -> dict:
                      culture=torch.zeros(B, dtype=torch.bool, device=device),
                      time_ids=torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * B, device=device, dtype=torch.bfloat16),
                      keys=[str(i) for i in range(B)])
-    null = NullConditioning(Conditioning(torch.zeros(1, 77, 2048, device=device), torch.zeros(1, 1280, device=device)),
-                            torch.zeros(1, 77, 1024, device=device), torch.ones(1, 77, device=device), zeros=True)
+    null = NullConditioning(torch.randn(1, 77, 2048, device=device, dtype=torch.bfloat16),
+                            torch.randn(1, 77, 1024, device=device), torch.ones(1, 77, device=device))
+    noise = training_scheduler(pipe.scheduler.config)
     cfg = KDConfig(cfg_dropout=0.0)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            r = kd_step(unet, adapter, pipe.scheduler, batch_, null, cfg)
+            r = kd_step(unet, adapter, noise, batch_, null, cfg)
         r.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

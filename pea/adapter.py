@@ -1,8 +1,15 @@
 """The PEA adapter: a small MLP from a frozen student text encoder into the UNet's conditioning space.
 
-Paper Sec. 3.3: LayerNorm on the student's token states, then an MLP (GELU) to the UNet's context width.
-For SDXL-family UNets it also gives the pooled embedding the UNet's added conditioning needs; we derive it
-from the adapted tokens (masked mean, then a linear head), so one set of token states drives both.
+Paper Sec. 3.3, with the layer layout of the official code (OPPO-Mente-Lab/PEA-Diffusion, class MLP in
+train_sd_zh.py and train_sdxl_zh.py): LayerNorm on the student's token states, then bias-free Linear layers
+with GELU between them.
+- SD1.5 family: the last Linear gives the context directly (in -> 2048 -> 2048 -> 768, ~7.9 M for a 1024-d
+  student).
+- SDXL family: the last Linear gives `pooled_dim`-wide (1280) token states; their token mean is the pooled
+  embedding, and GELU then a Linear (with bias) to the context width (2048) gives the context
+  (in -> 1024 -> 1024 -> 1280 -> 2048, ~6.0 M for a 1024-d student).
+One difference from the official code, on purpose: the pooled mean is over real tokens only (the official
+code averages padding too), so the pooled embedding of a prompt does not depend on the padded window.
 Saved as safetensors + a JSON config; never pickled.
 """
 
@@ -29,7 +36,7 @@ class AdapterConfig(BaseModel):
     input_dim: int = Field(gt=0)  # student encoder's hidden size
     context_dim: int = Field(gt=0)  # UNet cross-attention width (768 SD1.5, 2048 SDXL)
     pooled_dim: int | None = Field(None, gt=0)  # SDXL pooled text embedding (1280), None for SD1.5
-    hidden_dims: tuple[int, ...] = (1024,)
+    hidden_dims: tuple[int, ...] = Field((1024, 1024), min_length=1)  # the bias-free hidden Linear widths
     language: str | None = None
     student_encoder: str | None = None
     base_model: str | None = None
@@ -56,17 +63,21 @@ class PEAAdapter(nn.Module):
         layers: list[nn.Module] = [nn.LayerNorm(config.input_dim)]
         width = config.input_dim
         for hidden in config.hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.GELU()]
+            layers += [nn.Linear(width, hidden, bias=False), nn.GELU()]
             width = hidden
-        layers.append(nn.Linear(width, config.context_dim))
+        token_width = config.pooled_dim or config.context_dim
+        layers.append(nn.Linear(width, token_width, bias=False))
         self.mlp = nn.Sequential(*layers)
-        self.pooled = nn.Linear(config.context_dim, config.pooled_dim) if config.pooled_dim else None
+        self.context_head = (
+            nn.Sequential(nn.GELU(), nn.Linear(token_width, config.context_dim)) if config.pooled_dim else None
+        )
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> Conditioning:
-        """states (B, L, input_dim), mask (B, L) -> context (B, L, context_dim), pooled (B, pooled_dim)."""
-        context = self.mlp(states)
-        pooled = self.pooled(masked_mean(context, mask)) if self.pooled is not None else None
-        return Conditioning(context=context, pooled=pooled)
+        """states (B, L, input_dim), mask (B, L) -> context (B, L, context_dim), pooled (B, pooled_dim) or None."""
+        tokens = self.mlp(states)
+        if self.context_head is None:
+            return Conditioning(context=tokens)
+        return Conditioning(context=self.context_head(tokens), pooled=masked_mean(tokens, mask))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -238,7 +238,7 @@ def train(
     lang: LangOpt,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per worker per step.")] = 16,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (default: the preset's).")] = None,
     method: Annotated[str, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = "pea",
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; the same name resumes that run.")] = None,
     profile: ProfileOpt = "local",

@@ -6,7 +6,12 @@ weight has requires_grad off: backward reaches the adapter and computes no UNet 
 about three UNet forwards per sample (teacher forward, student forward, student backward to the input),
 against the reference code's two UNet copies with weight gradients on (see benchmarks/kd_step.py).
 
-Parallel samples (both captions) get KD terms only; culture samples (native only) get the SD loss only.
+Semantics follow the official code (OPPO-Mente-Lab/PEA-Diffusion, train_sdxl_zh.py / train_sd_zh.py):
+- noise and targets from a DDPM scheduler (`training_scheduler`), whatever sampler the pipeline ships;
+- CFG dropout swaps the context of both sides for the encoded empty prompt (the student's through the
+  adapter), keeping each side's pooled embedding;
+- every loss term is masked per sample (SD loss: culture samples; KD terms: parallel samples) and averaged
+  over the whole batch, so a sample weighs the same whatever the batch's mix; feature KD weighs 0.1.
 The paper's Table 2 ablation rows are named configurations in `ABLATIONS`.
 """
 
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from pea.adapter import Conditioning, PEAAdapter, masked_mean
+from pea.adapter import Conditioning, masked_mean
 from pea.errors import PeaError
 
 Block = Literal["down", "mid", "up"]
@@ -27,12 +32,12 @@ class KDConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     output_kd: float = Field(1.0, ge=0)  # lambda_L, Eq. 2: student vs teacher prediction
-    feature_kd: float = Field(1.0, ge=0)  # lambda_FL, Eq. 3: hooked UNet block outputs
+    feature_kd: float = Field(0.1, ge=0)  # lambda_FL, Eq. 3: hooked UNet block outputs (0.1 in the official code)
     sd: float = Field(1.0, ge=0)  # Eq. 1: prediction vs the diffusion target (culture samples)
     text_kd: float = Field(0.0, ge=0)  # TKD: adapter output vs the teacher's text embedding
     sd_on_parallel: bool = False  # True for the ablation rows: "finetuning w/ ..." on every sample
     feature_blocks: tuple[Block, ...] = ("down", "mid", "up")
-    cfg_dropout: float = Field(0.1, ge=0, le=1)  # condition replaced by the null one, both sides
+    cfg_dropout: float = Field(0.1, ge=0, le=1)  # context replaced by the encoded empty prompt, both sides
     noise_offset: float = Field(0.0, ge=0)
 
     @property
@@ -47,9 +52,9 @@ ABLATIONS: dict[str, KDConfig] = {
     "finetune": KDConfig(output_kd=0, feature_kd=0, sd_on_parallel=True),
     "tkd": KDConfig(output_kd=0, feature_kd=0, text_kd=1, sd_on_parallel=True),
     "ulkd": KDConfig(output_kd=1, feature_kd=0, sd_on_parallel=True),
-    "ufkd": KDConfig(output_kd=0, feature_kd=1, sd_on_parallel=True),
-    "utkd": KDConfig(output_kd=1, feature_kd=1, text_kd=1, sd_on_parallel=True),
-    "ukd": KDConfig(output_kd=1, feature_kd=1, sd_on_parallel=True),
+    "ufkd": KDConfig(output_kd=0, sd_on_parallel=True),
+    "utkd": KDConfig(text_kd=1, sd_on_parallel=True),
+    "ukd": KDConfig(sd_on_parallel=True),
 }
 
 
@@ -79,13 +84,26 @@ class KDBatch:
 
 @dataclass
 class NullConditioning:
-    """The unconditional inputs used for CFG dropout: the teacher's null conditioning and the student's
-    encoded empty prompt (or zeros on both sides when the base model uses zeros, as SDXL does)."""
+    """The encoded empty prompt on both sides, for CFG dropout in training: teacher_context (1, Lt, C) from the
+    base model's own encoders (the encoded "", also on SDXL, whose pipelines use zeros at inference: zeros on
+    both sides would make every dropped row's KD zero and give no gradient); student_states (1, Ls, D) and
+    student_mask (1, Ls) from the student encoder, mapped by the adapter inside the step."""
 
-    teacher: Conditioning  # (1, Lt, C), (1, P)
-    student_states: torch.Tensor  # (1, Ls, D)
-    student_mask: torch.Tensor  # (1, Ls)
-    zeros: bool
+    teacher_context: torch.Tensor
+    student_states: torch.Tensor
+    student_mask: torch.Tensor
+
+    def to(self, device) -> "NullConditioning":
+        return NullConditioning(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+@dataclass
+class Noised:
+    """The forward diffusion of one batch: noise and noisy latents (B, 4, h, w), timesteps (B,)."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    noisy: torch.Tensor
 
 
 @dataclass
@@ -136,14 +154,16 @@ class HookedUNet:
             self._captured = None
 
 
-def _select(cond: Conditioning, idx: torch.Tensor) -> Conditioning:
-    return Conditioning(cond.context[idx], cond.pooled[idx] if cond.pooled is not None else None)
+def training_scheduler(scheduler_config):
+    """The DDPM forward process of the base model's noise schedule (as diffusers' own training scripts build it).
 
+    Pipelines ship a sampler: SDXL, SSD-1B and sdxl-turbo an Euler one, whose `add_noise` returns x0 + sigma*eps
+    (sigma ~14.6 at t=999) for inputs that its `scale_model_input` rescales at sampling time; the UNet was trained
+    on sqrt(a)*x0 + sqrt(1-a)*eps. Betas, timesteps and prediction type come from the config.
+    """
+    from diffusers import DDPMScheduler
 
-def _where(drop: torch.Tensor, null: torch.Tensor | None, x: torch.Tensor | None):
-    if x is None:
-        return None
-    return torch.where(drop.view(-1, *[1] * (x.dim() - 1)), null.expand_as(x).to(x.dtype), x)
+    return DDPMScheduler.from_config(dict(scheduler_config))
 
 
 def diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
@@ -157,9 +177,91 @@ def diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
     raise PeaError(f"unsupported prediction_type {kind!r} in the scheduler config", "use epsilon or v_prediction")
 
 
+def add_noise(scheduler, latents: torch.Tensor, cfg: KDConfig, generator) -> Noised:
+    """Uniform timesteps and Gaussian noise (plus offset noise if configured) through the DDPM scheduler."""
+    from diffusers import DDPMScheduler
+
+    if not isinstance(scheduler, DDPMScheduler):
+        raise TypeError(f"training noise needs a DDPMScheduler (see training_scheduler), got {type(scheduler).__name__}")
+    B, device = latents.shape[0], latents.device
+    rand = dict(generator=generator, device=device)
+    noise = torch.randn(latents.shape, **rand, dtype=latents.dtype)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((B, latents.shape[1], 1, 1), **rand, dtype=latents.dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (B,), **rand)
+    return Noised(noise, timesteps, scheduler.add_noise(latents, noise, timesteps))
+
+
+def dropout_rows(batch_size: int, p: float, generator, device) -> torch.Tensor:
+    """(B,) bool: the rows whose context is swapped for the empty prompt's (classifier-free guidance training)."""
+    return torch.rand(batch_size, generator=generator, device=device) < p
+
+
+def _swap_context(drop: torch.Tensor, null_context: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    return torch.where(drop.view(-1, 1, 1), null_context.expand_as(context).to(context.dtype), context)
+
+
+def student_conditioning(adapter, batch: KDBatch, null: NullConditioning, drop: torch.Tensor) -> Conditioning:
+    """The adapter runs once on the batch's states with the empty prompt's appended ((B+1, Ls, D)), so a
+    DDP-wrapped adapter sees one forward per step and its gradient hooks fire once."""
+    states = torch.cat([batch.student_states, null.student_states.to(batch.student_states.dtype)])
+    mask = torch.cat([batch.student_mask, null.student_mask.to(batch.student_mask.dtype)])
+    out = adapter(states, mask)
+    context = _swap_context(drop, out.context[-1:], out.context[:-1])
+    return Conditioning(context, out.pooled[:-1] if out.pooled is not None else None)
+
+
+def teacher_conditioning(batch: KDBatch, null: NullConditioning, drop: torch.Tensor) -> Conditioning:
+    return Conditioning(_swap_context(drop, null.teacher_context, batch.teacher_context), batch.teacher_pooled)
+
+
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, ...) x2 -> (B,): the mean squared error of each sample, in fp32."""
+    return F.mse_loss(a.float(), b.float(), reduction="none").flatten(1).mean(1)
+
+
+def _batch_mean(per_sample: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Sum over the samples a term applies to, divided by the whole batch: the official per-sample mask."""
+    return per_sample.sum() / batch_size
+
+
+def kd_terms(unet, teacher_unet, batch, student, teacher, noised, scheduler, cfg) -> dict[str, torch.Tensor]:
+    """The loss terms of Eq. 1-3 (and TKD), each masked per sample and averaged over the whole batch."""
+    B = batch.latents.shape[0]
+    culture = batch.culture.to(device=batch.latents.device, dtype=torch.bool)
+    kd_idx = (~culture).nonzero().flatten()
+    sd_rows = torch.ones_like(culture) if cfg.sd_on_parallel else culture
+    features = cfg.feature_kd > 0
+    pred, s_feats = unet(noised.noisy, noised.timesteps, student, batch.time_ids, features=features)
+    terms: dict[str, torch.Tensor] = {}
+    if cfg.needs_teacher and len(kd_idx):
+        t_cond = Conditioning(teacher.context[kd_idx], teacher.pooled[kd_idx] if teacher.pooled is not None else None)
+        t_time_ids = batch.time_ids[kd_idx] if batch.time_ids is not None else None
+        with torch.no_grad():  # the teacher runs on the parallel rows only: they are the only ones KD weighs
+            t_pred, t_feats = teacher_unet(noised.noisy[kd_idx], noised.timesteps[kd_idx], t_cond, t_time_ids, features)
+        terms["output_kd"] = _batch_mean(_per_sample_mse(pred[kd_idx], t_pred), B)
+        if features:
+            terms["feature_kd"] = sum(_batch_mean(_per_sample_mse(s[kd_idx], t), B) for s, t in zip(s_feats, t_feats))
+    if cfg.sd > 0 and sd_rows.any():
+        target = diffusion_target(scheduler, batch.latents, noised.noise, noised.timesteps)
+        terms["sd"] = _batch_mean(_per_sample_mse(pred, target)[sd_rows], B)
+    if cfg.text_kd > 0 and len(kd_idx):
+        terms["text_kd"] = _batch_mean(_text_kd(student, teacher, batch.student_mask, kd_idx), B)
+    return terms
+
+
+def _text_kd(student: Conditioning, teacher: Conditioning, mask, idx) -> torch.Tensor:
+    """(len(idx),): mean-pooled student vs teacher token states (the token counts differ), plus pooled on SDXL."""
+    s_mean = masked_mean(student.context[idx], mask[idx])
+    per_sample = _per_sample_mse(s_mean, teacher.context[idx].mean(1))
+    if student.pooled is not None:
+        per_sample = per_sample + _per_sample_mse(student.pooled[idx], teacher.pooled[idx])
+    return per_sample
+
+
 def kd_step(
     unet: HookedUNet,
-    adapter: PEAAdapter,
+    adapter,
     scheduler,
     batch: KDBatch,
     null: NullConditioning,
@@ -170,62 +272,17 @@ def kd_step(
 ) -> KDResult:
     """Loss of one batch; call .backward() on `loss`. Raises NonFiniteLossError naming step and samples.
 
-    `teacher_unet` defaults to `unet` itself (one frozen UNet for both sides); a separate copy is only for
-    comparisons such as the reference way in benchmarks/kd_step.py.
+    `scheduler` is the DDPM training scheduler (`training_scheduler`). `adapter` may be DDP-wrapped: it is
+    called once. `teacher_unet` defaults to `unet` itself (one frozen UNet for both sides); a separate copy is
+    only for comparisons such as the reference way in benchmarks/kd_step.py.
     """
-    teacher_unet = teacher_unet or unet
-    latents = batch.latents
-    B, device = latents.shape[0], latents.device
-    rand = dict(generator=generator, device=device)
-    noise = torch.randn(latents.shape, **rand, dtype=latents.dtype)
-    if cfg.noise_offset:
-        noise = noise + cfg.noise_offset * torch.randn((B, latents.shape[1], 1, 1), **rand, dtype=latents.dtype)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (B,), **rand)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    drop = torch.rand(B, **rand) < cfg.cfg_dropout
-
-    student = adapter(batch.student_states, batch.student_mask)
-    if null.zeros:
-        s_null = Conditioning(torch.zeros_like(student.context[:1]), None)
-        if student.pooled is not None:
-            s_null.pooled = torch.zeros_like(student.pooled[:1])
-    else:
-        s_null = adapter(null.student_states, null.student_mask)
-    student = Conditioning(_where(drop, s_null.context, student.context), _where(drop, s_null.pooled, student.pooled))
-    teacher = Conditioning(
-        _where(drop, null.teacher.context, batch.teacher_context),
-        _where(drop, null.teacher.pooled, batch.teacher_pooled),
-    )
-
-    culture = batch.culture.to(device=device, dtype=torch.bool)
-    kd_idx = (~culture).nonzero().flatten()
-    sd_idx = torch.arange(B, device=device) if cfg.sd_on_parallel else culture.nonzero().flatten()
-    terms: dict[str, torch.Tensor] = {}
-    zero = latents.new_zeros(())
-
-    pred, s_feats = unet(noisy, timesteps, student, batch.time_ids, features=cfg.feature_kd > 0)
-    if cfg.needs_teacher and len(kd_idx):
-        t_time_ids = batch.time_ids[kd_idx] if batch.time_ids is not None else None
-        with torch.no_grad():
-            t_pred, t_feats = teacher_unet(
-                noisy[kd_idx], timesteps[kd_idx], _select(teacher, kd_idx), t_time_ids, features=cfg.feature_kd > 0
-            )
-        terms["output_kd"] = F.mse_loss(pred[kd_idx].float(), t_pred.float())
-        if cfg.feature_kd > 0:
-            terms["feature_kd"] = sum(
-                (F.mse_loss(s[kd_idx].float(), t.float()) for s, t in zip(s_feats, t_feats)), zero
-            )
-    if cfg.sd > 0 and len(sd_idx):
-        target = diffusion_target(scheduler, latents, noise, timesteps)
-        terms["sd"] = F.mse_loss(pred[sd_idx].float(), target[sd_idx].float())
-    if cfg.text_kd > 0 and len(kd_idx):
-        s_mean = masked_mean(student.context[kd_idx], batch.student_mask[kd_idx])
-        terms["text_kd"] = F.mse_loss(s_mean.float(), teacher.context[kd_idx].mean(1).float())
-        if student.pooled is not None:
-            terms["text_kd"] = terms["text_kd"] + F.mse_loss(student.pooled[kd_idx].float(), teacher.pooled[kd_idx].float())
-
+    noised = add_noise(scheduler, batch.latents, cfg, generator)
+    drop = dropout_rows(batch.latents.shape[0], cfg.cfg_dropout, generator, batch.latents.device)
+    student = student_conditioning(adapter, batch, null, drop)
+    teacher = teacher_conditioning(batch, null, drop)
+    terms = kd_terms(unet, teacher_unet or unet, batch, student, teacher, noised, scheduler, cfg)
     weights = {"output_kd": cfg.output_kd, "feature_kd": cfg.feature_kd, "sd": cfg.sd, "text_kd": cfg.text_kd}
-    loss = sum((weights[k] * v for k, v in terms.items()), zero)
+    loss = sum((weights[k] * v for k, v in terms.items()), batch.latents.new_zeros(()))
     values = {k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())}
     if not torch.isfinite(loss):
         raise NonFiniteLossError(step, batch.keys, values)

@@ -54,8 +54,8 @@ class FeatureExtractor:
         )
 
     def null(self) -> NullConditioning:
+        """The encoded empty prompt on both sides (never SDXL's inference-time zeros: see NullConditioning)."""
         empty = self.student.encode([""])
         return NullConditioning(
-            teacher=self.teacher.null(1), student_states=empty.states, student_mask=empty.mask,
-            zeros=self.teacher.zero_null,
+            teacher_context=self.teacher([""]).context, student_states=empty.states, student_mask=empty.mask
         )

@@ -17,7 +17,7 @@ class EncoderSpec(_Frozen):
     id: str
     loader: str
     tokenizer: str
-    hidden_size: int
+    hidden_size: int  # width of the states at hidden_layer: sizes the adapter before loading; load checks it
     max_tokens: int
     hidden_layer: int = -1
     use_attention_mask: bool = True  # CLIP text towers in SD pipelines are run without one

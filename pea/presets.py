@@ -10,6 +10,24 @@ from pea.languages import EncoderSpec, Language
 from pea.resources import load_registry, lookup
 
 
+# Hidden widths of the adapter per family, from the official code's MLP (train_sd_zh.py: 2048 x 2 on SD1.5;
+# train_sdxl_zh.py with Chinese-CLIP: 1024 x 2 on SDXL): ~7.9 M and ~6.0 M parameters for a 1024-d student.
+FAMILY_ADAPTER_HIDDEN = {"sd15": (2048, 2048), "sdxl": (1024, 1024)}
+
+
+class TrainDefaults(BaseModel):
+    """What a preset's training runs use unless the run says otherwise. The defaults are the official
+    code's (OPPO-Mente-Lab/PEA-Diffusion train_sdxl_zh.sh: lr 1e-5, weight decay 0.1, 100 warm-up steps);
+    built-locally presets (tiny, toy) train a few hundred steps and set their own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    adapter_hidden: tuple[int, ...] | None = None  # None: FAMILY_ADAPTER_HIDDEN
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+
+
 class Preset(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -24,6 +42,11 @@ class Preset(BaseModel):
     bucket_step: int = 64  # bucket sides are multiples of this: VAE factor x UNet downsampling
     translation_model: str | None = None  # tiny presets: a built-locally MT model instead of the language's
     eval_models: EvalModels = EvalModels()  # tiny presets: tiny metric models; toy: the world's judge
+    train: TrainDefaults = TrainDefaults()
+
+    @property
+    def adapter_hidden(self) -> tuple[int, ...]:
+        return self.train.adapter_hidden or FAMILY_ADAPTER_HIDDEN[self.family]
 
     @property
     def is_built_locally(self) -> bool:

@@ -93,17 +93,24 @@ def bucket_stage(profile: Profile, language: Language, cfg: BucketConfig | None 
 
 
 def cache_stage(profile: Profile, language: Language, batch_size: int = 32, progress: Progress = _quiet) -> dict:
+    """On a GPU the frozen models run in half precision (the VAE as precision.vae_dtype says) and a batch
+    is at most what fits at the language's bucket side; on a CPU everything stays fp32 at `batch_size`."""
     import torch
 
     from pea.data.cache import cache_features
     from pea.features import FeatureExtractor
     from pea.models.encoders import load_text_encoder
-    from pea.models.loading import load_pipeline
+    from pea.models.loading import load_frozen_pipeline
+    from pea.models.precision import cache_batch_size
 
     preset = get_preset(profile.preset)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(preset, profile.model_cache).to(device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_frozen_pipeline(preset, profile.model_cache, device, unet=None)  # features need no UNet
     student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    student.model.to(dtype=pipe.text_encoder.dtype)  # frozen like the teacher's encoders, in their dtype
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        batch_size = min(batch_size, cache_batch_size(bucket_config(language, preset).side, pipe.vae.dtype, memory))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
     return cache_features(profile.storage(), language.code, preset.name, FeatureExtractor(pipe, student),
                           batch_size=batch_size, dtype=dtype, progress=progress)

@@ -5,9 +5,34 @@ from pea.adapter import CONFIG, WEIGHTS, AdapterConfig, PEAAdapter, load_adapter
 from pea.errors import PeaError
 
 
-def test_default_adapter_for_a_1024d_student_on_sdxl_is_about_six_million_parameters():
-    adapter = PEAAdapter(AdapterConfig(input_dim=1024, context_dim=2048, pooled_dim=1280))
-    assert 5.5e6 < adapter.num_parameters() < 6.5e6
+def test_real_presets_get_the_official_adapter_sizes():
+    # OPPO-Mente-Lab/PEA-Diffusion class MLP: SDXL with Chinese-CLIP MLP(1024, 1280, 1024, 2048) = 6,033,408;
+    # SD1.5 MLP(1024, 768, 2048) = 7,866,368 parameters
+    from pea.presets import get_preset
+
+    def size(preset):
+        p = get_preset(preset)
+        cfg = AdapterConfig(input_dim=1024, context_dim=p.context_dim, pooled_dim=p.pooled_dim, hidden_dims=p.adapter_hidden)
+        return PEAAdapter(cfg).num_parameters()
+
+    assert size("sdxl") == size("ssd-1b") == 6_033_408
+    assert size("sd15") == 7_866_368
+    assert get_preset("sdxl").train.lr == 1e-5 and get_preset("sdxl").train.weight_decay == 0.1
+    assert get_preset("sdxl").train.warmup_steps == 100
+
+
+def test_the_layers_are_the_official_ones():
+    adapter = PEAAdapter(AdapterConfig(input_dim=16, context_dim=24, pooled_dim=8, hidden_dims=(32, 32)))
+    linears = [m for m in adapter.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features, m.bias) for m in linears] == [(16, 32, None), (32, 32, None), (32, 8, None)]
+    assert isinstance(adapter.mlp[0], torch.nn.LayerNorm)
+    head = adapter.context_head[1]
+    assert (head.in_features, head.out_features) == (8, 24) and head.bias is not None
+    # pooled = the token mean of the pooled-width states; the context is GELU then the head over the same states
+    states, mask = torch.randn(1, 3, 16), torch.ones(1, 3)
+    tokens = adapter.mlp(states)
+    out = adapter(states, mask)
+    assert torch.allclose(out.pooled, tokens.mean(1)) and torch.allclose(out.context, head(torch.nn.functional.gelu(tokens)))
 
 
 def test_shapes_and_the_pooled_embedding_ignores_padding():

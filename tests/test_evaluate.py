@@ -1,17 +1,21 @@
 """Evaluation and registration end to end on tiny-sdxl: the report, the registry's versions and aliases,
-the gate, idempotent registration, `pea models`, `pea generate` from the registry, the pyfunc model."""
+the gate, idempotent registration, `pea models`, `pea generate` from the registry, the pyfunc model; and
+that images are scored without the SD1.5 safety checker."""
 
 import json
 import shutil
 
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from pea.evaluate.config import EvalConfig, GateConfig
-from pea.evaluate.stage import evaluate_stage, register_stage
+from pea.evaluate.stage import evaluate_stage, register_stage, scoring_pipeline
 from pea.gate import decide
 from pea.languages import get_language
+from pea.models.loading import load_pipeline
+from pea.presets import get_preset
 from pea.profiles import load_profile
 from pea.registry import CHAMPION, _client, _tracking, model_name, version_by_alias
 from tests.browser import chromium, render
@@ -43,6 +47,18 @@ def world(tmp_path_factory, model_cache):
     reg_b = register_stage(profile, KO, "run-b", GateConfig(tolerance=0.05))
     return {"profile": profile, "env": env, "root": root, "first": first, "second": second, "reg_a": reg_a,
             "again": again, "reg_b": reg_b, "scratch": scratch}
+
+
+def test_images_are_scored_without_the_sd15_safety_checker(model_cache):
+    preset = get_preset("tiny-sd15")
+    shipped = load_pipeline(preset, model_cache)  # laid out as the hub's SD1.5: a safety checker included
+    with torch.no_grad():
+        shipped.safety_checker.concept_embeds_weights.fill_(-10)  # flag every image
+    draw = dict(prompt="a red circle", num_inference_steps=2, output_type="np")
+    assert shipped(**draw, generator=torch.Generator().manual_seed(0)).images.max() == 0  # blacked out
+    pipe = scoring_pipeline(preset, model_cache, "cpu")
+    assert pipe.safety_checker is None and not pipe.config.requires_safety_checker
+    assert pipe(**draw, generator=torch.Generator().manual_seed(0)).images.max() > 0
 
 
 def test_every_system_is_scored_on_the_paper_metrics(world):

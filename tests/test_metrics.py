@@ -1,6 +1,8 @@
 """The metric scorers load their models the way the real ones load (transformers, open_clip, the
 ImageReward checkpoint format) and score what they are given."""
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -8,10 +10,11 @@ from safetensors.torch import load_file
 
 from pea.errors import PeaError
 from pea.evaluate.config import EvalModels
-from pea.evaluate.image_reward import ImageRewardScorer, vision_key
+from pea.evaluate.image_reward import POSITION_IDS, ImageRewardScorer, vision_key
 from pea.evaluate.metrics import CLIPScore, load_openclip_tiny, load_scorers
 from pea.languages import ModelRef, get_language
 from pea.models.tiny import ensure_built
+from pea.models.tiny_encoders import save_tiny_chinese_clip
 
 TINY = EvalModels(clipscore_native=ModelRef(id="tiny-clip", loader="transformers:CLIPModel"),
                   clipscore_en="tiny-openclip", pickscore="tiny-clip", pickscore_processor="tiny-clip",
@@ -44,6 +47,19 @@ def test_clipscore_is_100_times_the_clamped_cosine_of_the_models_own_features(sc
     expected = max(float(torch.nn.functional.cosine_similarity(i, t)[0]), 0.0) * 100
     assert clip([RED], ["a red circle"])[0] == pytest.approx(expected, rel=1e-5)
     assert 0 <= clip([BLUE], ["x"])[0] <= 100
+
+
+def test_chinese_clip_reads_a_long_prompt_as_its_first_52_tokens(tmp_path, scorers):
+    save_tiny_chinese_clip(tmp_path)
+    clip = CLIPScore.load(ModelRef(id=str(tmp_path), loader="transformers:ChineseCLIPModel"), str(tmp_path))
+    assert clip.model.config.text_config.max_position_embeddings == 512  # BERT's positions, not the trained length
+    seen = []
+    features = clip.model.get_text_features
+    clip.model.get_text_features = lambda **kw: seen.append(kw["input_ids"].shape[1]) or features(**kw)
+    long = "一个红色的圆在蓝色的方形上" * 12  # 156 characters, one token each
+    assert clip([RED], [long]) == clip([RED], [long[:50]])  # [CLS] + 50 characters + [SEP]
+    assert seen == [52, 52]
+    assert scorers["clipscore_native"].max_tokens == scorers["pickscore"].max_tokens == 77  # CLIP's own length
 
 
 def test_openclip_reads_the_saved_checkpoint_not_random_weights(model_cache):
@@ -79,11 +95,35 @@ def test_image_reward_refuses_a_checkpoint_that_would_run_code(tmp_path, model_c
         ImageRewardScorer.load(str(tmp_path), str(folder))
 
 
-def test_image_reward_with_a_missing_tensor_says_what_does_not_fit(tmp_path, model_cache):
-    folder = ensure_built("tiny-imagereward", model_cache)
+def _edited_image_reward(tmp_path, folder, edit) -> str:
+    """A copy of the tiny ImageReward folder whose checkpoint went through `edit(state)`."""
     state = torch.load(folder / "ImageReward.pt", weights_only=True)
-    del state["blip.text_encoder.encoder.layer.0.output.dense.weight"]
+    edit(state)
     torch.save(state, tmp_path / "ImageReward.pt")
     (tmp_path / "med_config.json").write_bytes((folder / "med_config.json").read_bytes())
-    with pytest.raises(PeaError, match="text weights do not fit"):
-        ImageRewardScorer.load(str(tmp_path), str(folder))
+    return str(tmp_path)
+
+
+def test_image_reward_loads_the_published_key_set_with_its_position_ids_buffer(model_cache):
+    folder = ensure_built("tiny-imagereward", model_cache)
+    state = torch.load(folder / "ImageReward.pt", weights_only=True)
+    # as upstream's BLIP saves them: BERT's persistent position ids, the unused contrastive projections
+    assert torch.equal(state[POSITION_IDS], torch.arange(64).unsqueeze(0))
+    assert {"blip.vision_proj.weight", "blip.text_proj.weight"} <= set(state)
+    assert ImageRewardScorer.load(str(folder), str(folder))([RED], ["a red circle"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update({"blip.itm_head.weight": torch.zeros(2, 32)}), "unknown keys: blip.itm_head.weight"),
+    (lambda s: s.update({"blip.text_encoder.encoder.layer.0.extra.weight": torch.zeros(1)}),
+     "text weights do not fit (unexpected encoder.layer.0.extra.weight)"),
+    (lambda s: s.pop("blip.text_encoder.encoder.layer.0.output.dense.weight"),
+     "text weights do not fit (missing encoder.layer.0.output.dense.weight)"),
+    (lambda s: s.pop("mlp.layers.7.bias"), "head weights do not fit (missing 7.bias)"),
+    (lambda s: s.update({POSITION_IDS: torch.arange(64).flip(0).unsqueeze(0)}), "position_ids is not 0..63"),
+])
+def test_image_reward_refuses_any_other_key_and_names_it(tmp_path, model_cache, edit, message):
+    folder = ensure_built("tiny-imagereward", model_cache)
+    with pytest.raises(PeaError, match=re.escape(message)) as error:
+        ImageRewardScorer.load(_edited_image_reward(tmp_path, folder, edit), str(folder))
+    assert "\n" not in str(error.value)

@@ -48,3 +48,27 @@ def test_a_bad_prompt_file_names_its_line_and_problem(tmp_path, data, where, wha
     with pytest.raises(PeaError) as e:
         read_tsv(path, ["id", "en", "ko", "zh"])
     assert f"{path}{where}" in e.value.problem and what in e.value.problem
+
+
+def test_the_multilingual_translate_baseline_reads_each_prompt_in_its_own_language(monkeypatch, tmp_path):
+    import pea.data.translate
+    from pea.evaluate.suites import _machine_translation
+    from pea.languages import get_language
+    from pea.presets import get_preset
+
+    calls = []
+
+    class FakeTranslator:
+        def __init__(self, source):
+            pass
+
+        def __call__(self, texts, src, tgt):
+            calls.append((src, tgt, len(texts)))
+            return [f"{src}:{t}" for t in texts]
+
+    monkeypatch.setattr(pea.data.translate, "Translator", FakeTranslator)
+    prompts = mg_prompts("multilingual")[:10]
+    out = _machine_translation(get_preset("sdxl"), get_language("multilingual"), tmp_path)(prompts)
+    codes = {get_language(p.lang).translation.code for p in prompts}
+    assert {src for src, _, _ in calls} == codes and len(codes) == 5 and "eng_Latn" not in codes
+    assert all(o == f"{get_language(p.lang).translation.code}:{p.native}" for o, p in zip(out, prompts))

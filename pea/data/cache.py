@@ -11,6 +11,7 @@ from safetensors.torch import save
 
 from pea.data.records import image_batch
 from pea.data.tars import iter_samples, write_shard
+from pea.errors import PeaError
 from pea.features import FeatureExtractor
 from pea.storage import Storage
 
@@ -32,10 +33,8 @@ def cache_features(
     out = features_dir(lang, preset)
     null = extractor.null()
     storage.write_bytes(save({
-        "teacher_context": null.teacher.context.contiguous(),
-        **({"teacher_pooled": null.teacher.pooled.contiguous()} if null.teacher.pooled is not None else {}),
-        "student_states": null.student_states.contiguous(), "student_mask": null.student_mask.contiguous(),
-        "zeros": torch.tensor(null.zeros),
+        "teacher_context": null.teacher_context.contiguous(), "student_states": null.student_states.contiguous(),
+        "student_mask": null.student_mask.contiguous(),
     }), *out, "null.safetensors")
     written = []
     for shard in shards_manifest["shards"]:
@@ -76,11 +75,11 @@ def _cache_shard(storage, lang, path, extractor, batch_size, dtype) -> bytes:
 def load_null(storage: Storage, lang: str, preset: str):
     from safetensors.torch import load
 
-    from pea.adapter import Conditioning
     from pea.distill import NullConditioning
 
     t = load(storage.read_bytes(*features_dir(lang, preset), "null.safetensors"))
-    return NullConditioning(
-        teacher=Conditioning(t["teacher_context"].float(), t["teacher_pooled"].float() if "teacher_pooled" in t else None),
-        student_states=t["student_states"].float(), student_mask=t["student_mask"], zeros=bool(t["zeros"]),
-    )
+    if "zeros" in t:
+        raise PeaError(f"the {lang}/{preset} features were cached by an older pea (null conditioning as zeros on SDXL)",
+                       f"delete {storage.uri(*features_dir(lang, preset))} and run pea cache --lang {lang} again")
+    return NullConditioning(teacher_context=t["teacher_context"].float(), student_states=t["student_states"].float(),
+                            student_mask=t["student_mask"])

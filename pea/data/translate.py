@@ -6,6 +6,7 @@ the GPU when there is one, and are cached by a digest of (model, direction, text
 so a re-run translates nothing twice. Output: <lang>/captions/<source>/<shard>.parquet, one per raw shard.
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -88,8 +89,8 @@ def translate(
 ) -> dict:
     """Caption tables for every raw shard of `lang` not done yet; `load_translator` runs only on a cache miss."""
     cache = TranslationCache(storage, model_id)
-    translator = None
-    totals = {"translated": 0, "cached": 0}
+    get_translator = functools.cache(load_translator)
+    totals = {"translated": 0, "cached": 0, "copied": 0}
     for raw_manifest in storage.glob(lang, "raw", "*", "manifest.json"):
         source = raw_manifest.split("/")[-2]
         for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
@@ -97,26 +98,8 @@ def translate(
             if storage.exists(*out):
                 continue
             rows = _read_captions(storage, (lang, "raw", source, shard))
-            wanted = [(i, side) for i, r in enumerate(rows) for side in ("english", "native")
-                      if not r[side] and r["native" if side == "english" else "english"] and not r["culture"]]
-            texts = {}
-            for i, side in wanted:
-                src, tgt = (lang_code, ENGLISH_CODE) if side == "english" else (ENGLISH_CODE, lang_code)
-                other = rows[i]["native" if side == "english" else "english"]
-                texts[(i, side)] = (other, src, tgt, cache.digest(other, src, tgt))
-            misses = {k: v for k, v in texts.items() if v[3] not in cache.entries}
-            new = {}
-            for (src, tgt) in sorted({(v[1], v[2]) for v in misses.values()}):
-                group = [(k, v) for k, v in misses.items() if (v[1], v[2]) == (src, tgt)]
-                translator = translator or load_translator()
-                results = translator([v[0] for _, v in group], src, tgt)
-                new |= {v[3]: r for (_, v), r in zip(group, results)}
-            cache.add(new)
-            for (i, side), (_, _, _, digest) in texts.items():
-                rows[i][side] = cache.entries[digest]
-                rows[i]["translated"] = side
-            totals["translated"] += len(misses)
-            totals["cached"] += len(texts) - len(misses)
+            for key, n in _fill(rows, lang_code, cache, get_translator).items():
+                totals[key] += n
             for r in rows:
                 r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
             table = pa.Table.from_pylist(
@@ -129,9 +112,37 @@ def translate(
     kinds = [k for t in tables for k in pq.read_table(io.BytesIO(storage.read_bytes(t)))["kind"].to_pylist()]
     manifest = {"model": model_id, "tables": tables,
                 "counts": {"parallel": kinds.count("parallel"), "culture": kinds.count("culture")},
-                "this_run": {"translated": totals["translated"], "cached": totals["cached"]}}
+                "this_run": totals}
     storage.write_json(manifest, lang, "captions", "manifest.json")
     return manifest
+
+
+def _fill(rows: list[dict], lang_code: str, cache: TranslationCache, get_translator: Callable) -> dict[str, int]:
+    """Fill the missing side of each non-culture row in place; returns how many were translated, cached, copied.
+
+    A language whose own code is English (the multilingual adapter, trained on English-only data, paper
+    Sec. 3.4) has the English caption as its native side: it is copied, never run through the model."""
+    wanted = [(i, side) for i, r in enumerate(rows) for side in ("english", "native")
+              if not r[side] and r["native" if side == "english" else "english"] and not r["culture"]]
+    if lang_code == ENGLISH_CODE:
+        for i, side in wanted:
+            rows[i][side] = rows[i]["native" if side == "english" else "english"]
+        return {"copied": len(wanted)}
+    texts = {}
+    for i, side in wanted:
+        src, tgt = (lang_code, ENGLISH_CODE) if side == "english" else (ENGLISH_CODE, lang_code)
+        other = rows[i]["native" if side == "english" else "english"]
+        texts[(i, side)] = (other, src, tgt, cache.digest(other, src, tgt))
+    misses = {k: v for k, v in texts.items() if v[3] not in cache.entries}
+    new = {}
+    for (src, tgt) in sorted({(v[1], v[2]) for v in misses.values()}):
+        group = [v for v in misses.values() if (v[1], v[2]) == (src, tgt)]
+        new |= {v[3]: r for v, r in zip(group, get_translator()([v[0] for v in group], src, tgt))}
+    cache.add(new)
+    for (i, side), (_, _, _, digest) in texts.items():
+        rows[i][side] = cache.entries[digest]
+        rows[i]["translated"] = side
+    return {"translated": len(misses), "cached": len(texts) - len(misses)}
 
 
 def _read_captions(storage: Storage, parts: tuple[str, ...]) -> list[dict]:

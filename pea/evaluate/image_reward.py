@@ -26,6 +26,8 @@ REWARD_STD = 1.0333394966054072
 MAX_TOKENS = 35
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+POSITION_IDS = "blip.text_encoder.embeddings.position_ids"
+UNUSED = ("blip.vision_proj.", "blip.text_proj.")
 
 _VISION_RENAMES = [
     (r"^cls_token$", "embeddings.class_embedding"),
@@ -89,9 +91,52 @@ def _head(state: dict[str, torch.Tensor]) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Identity()] * (max(linears) + 1)
     for i, w in linears.items():
         layers[i] = nn.Linear(w.shape[1], w.shape[0])
-    head = nn.Sequential(*layers)
-    head.load_state_dict({k.removeprefix("mlp.layers."): v for k, v in state.items() if k.startswith("mlp.layers.")})
-    return head
+    return nn.Sequential(*layers)
+
+
+def _listed(keys: list[str], n: int = 5) -> str:
+    """At most n key names, so that the error stays one readable line, and how many more there are."""
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _load_part(module: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Every weight of `module` from the checkpoint, and no checkpoint tensor left over."""
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    problems = [f"{label} {_listed(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys]
+    if problems:
+        raise PeaError(f"ImageReward {what} weights do not fit ({'; '.join(problems)})",
+                       "use the published ImageReward.pt with its med_config.json")
+
+
+def _split(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The checkpoint's tensors per part ("vision", "text", "head"), keys as transformers names them.
+
+    Upstream's BERT saves `embeddings.position_ids` (a persistent buffer there, non-persistent in
+    transformers): it holds no weights, so it is dropped once checked to be 0..n-1. BLIP's contrastive
+    projections (`blip.vision_proj`, `blip.text_proj`) are in the file but the reward reads neither. Any other
+    key is refused: a checkpoint that is not ImageReward's must not load with some of its tensors ignored."""
+    ids = state.get(POSITION_IDS)
+    if ids is not None and not torch.equal(ids.flatten(), torch.arange(ids.numel(), dtype=ids.dtype)):
+        raise PeaError(f"ImageReward checkpoint's {POSITION_IDS} is not 0..{ids.numel() - 1}",
+                       "use the published ImageReward.pt")
+    parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "text": {}, "head": {}}
+    unknown = []
+    for key, value in state.items():
+        if key == POSITION_IDS or key.startswith(UNUSED):
+            continue
+        if key.startswith("blip.visual_encoder."):
+            parts["vision"][vision_key(key.removeprefix("blip.visual_encoder."))] = value
+        elif key.startswith("blip.text_encoder."):
+            parts["text"][key.removeprefix("blip.text_encoder.")] = value
+        elif key.startswith("mlp.layers."):
+            parts["head"][key.removeprefix("mlp.layers.")] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise PeaError(f"ImageReward checkpoint has unknown keys: {_listed(unknown)}",
+                       "use the published ImageReward.pt")
+    return parts
 
 
 class ImageRewardModel(nn.Module):
@@ -104,15 +149,9 @@ class ImageRewardModel(nn.Module):
         self.vision = BlipVisionModel(vision_cfg)
         self.text = BlipTextModel(text_cfg, add_pooling_layer=False)
         self.head = _head(state)
-        vision = {vision_key(k.removeprefix("blip.visual_encoder.")): v for k, v in state.items()
-                  if k.startswith("blip.visual_encoder.")}
-        text = {k.removeprefix("blip.text_encoder."): v for k, v in state.items() if k.startswith("blip.text_encoder.")}
-        for module, weights, what in ((self.vision, vision, "vision"), (self.text, text, "text")):
-            missing, unexpected = module.load_state_dict(weights, strict=False)
-            missing = [k for k in missing if not k.endswith("position_ids")]
-            if missing or unexpected:
-                raise PeaError(f"ImageReward {what} weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})",
-                               "use the published ImageReward.pt with its med_config.json")
+        modules = {"vision": self.vision, "text": self.text, "head": self.head}
+        for what, weights in _split(state).items():
+            _load_part(modules[what], weights, what)
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

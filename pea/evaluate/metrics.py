@@ -32,6 +32,18 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# The text length a CLIP family was trained at, keyed by the model's config.model_type. Tokenizers do not
+# all say it: Chinese-CLIP's has no model_max_length and its 512 text positions are BERT's, but it was
+# trained on 52 tokens. CLIP-style models (CLIP, AltCLIP, PickScore) read CLIP's 77.
+TRAINED_TEXT_TOKENS = {"chinese_clip": 52}
+CLIP_TEXT_TOKENS = 77
+
+
+def trained_text_tokens(model) -> int:
+    """How many tokens of a prompt the model reads: longer prompts are truncated to what it was trained on."""
+    return TRAINED_TEXT_TOKENS.get(model.config.model_type, CLIP_TEXT_TOKENS)
+
+
 @dataclass
 class CLIPScore:
     """100 * max(cos(image, text), 0) with a transformers CLIP-family model (CLIP, ChineseCLIP, AltCLIP)."""
@@ -40,6 +52,7 @@ class CLIPScore:
     processor: object
     name: str = "clipscore_native"
     text: Literal["native", "english"] = "native"
+    max_tokens: int = CLIP_TEXT_TOKENS
 
     @classmethod
     def load(cls, ref: ModelRef, source: str, **kwargs) -> "CLIPScore":
@@ -48,12 +61,13 @@ class CLIPScore:
         from pea.models.loading import load_transformers_class
 
         model = load_transformers_class(ref.loader).from_pretrained(source).eval().to(_device())
-        return cls(model, AutoProcessor.from_pretrained(source), **kwargs)
+        return cls(model, AutoProcessor.from_pretrained(source), max_tokens=trained_text_tokens(model), **kwargs)
 
     @torch.no_grad()
     def __call__(self, images, texts):
         device = next(self.model.parameters()).device
-        text = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(device)
+        text = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True,
+                              max_length=self.max_tokens).to(device)
         pixels = self.processor(images=images, return_tensors="pt").to(device)
         t = _features(self.model.get_text_features(input_ids=text["input_ids"], attention_mask=text.get("attention_mask")))
         i = _features(self.model.get_image_features(pixel_values=pixels["pixel_values"]))

@@ -21,6 +21,7 @@ class EvalPrompt:
     id: str
     native: str  # in the language being evaluated
     english: str  # the same prompt in English (MG), or its gloss (MC)
+    lang: str  # the language `native` is in (the multilingual sets mix them)
 
 
 def _bad(path: Path, line: int | None, problem: str) -> PeaError:
@@ -82,7 +83,7 @@ def mg_prompts(lang: str, folder: Path | None = None) -> list[EvalPrompt]:
     langs = prompt_languages()
     rows = read_tsv((folder or resource_path("prompts")) / "mg.tsv", ["id", "en", *langs])
     pick = (lambda i: langs[i % len(langs)]) if lang == MULTILINGUAL else (lambda i: lang)
-    return [EvalPrompt(row["id"], row[pick(i)], row["en"]) for i, row in enumerate(rows)]
+    return [EvalPrompt(row["id"], row[pick(i)], row["en"], pick(i)) for i, row in enumerate(rows)]
 
 
 def mc_prompts(lang: str, folder: Path | None = None) -> list[EvalPrompt]:
@@ -93,7 +94,7 @@ def mc_prompts(lang: str, folder: Path | None = None) -> list[EvalPrompt]:
         share = min(len(p) for p in per_lang) // len(per_lang)
         return [p for prompts in per_lang for p in prompts[:: max(1, len(prompts) // share)][:share]]
     rows = read_tsv(folder / f"mc-{lang}.tsv", ["id", lang, "en"])
-    return [EvalPrompt(row["id"], row[lang], row["en"]) for row in rows]
+    return [EvalPrompt(row["id"], row[lang], row["en"], lang) for row in rows]
 
 
 def check_prompt_files(folder: Path | None = None) -> dict[str, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from pea.errors import PeaError
 from pea.evaluate.config import EvalConfig, GateConfig
 from pea.languages import Language
-from pea.presets import get_preset
+from pea.presets import Preset, get_preset
 from pea.profiles import Profile
 
 Progress = Callable[[str], None]
@@ -71,6 +71,16 @@ def _history(profile: Profile, run_id: str) -> dict[str, list[tuple[int, float]]
             if not k.startswith("eval.")}
 
 
+def scoring_pipeline(preset: Preset, model_cache: Path, device: str):
+    """The frozen base pipeline every system draws its scored images with. The hub's SD1.5 ships a safety
+    checker that swaps any image it flags for a black one, which would then be scored as the system's
+    output: evaluation loads the pipeline without it."""
+    from pea.models.loading import freeze, load_pipeline
+
+    no_checker = {"safety_checker": None, "requires_safety_checker": False} if preset.family == "sd15" else {}
+    return freeze(load_pipeline(preset, model_cache, **no_checker)).to(device)
+
+
 def evaluate_stage(profile: Profile, language: Language, run_name: str | None = None, cfg: EvalConfig = EvalConfig(),
                    progress: Progress = _quiet) -> dict:
     import torch
@@ -81,7 +91,6 @@ def evaluate_stage(profile: Profile, language: Language, run_name: str | None = 
     from pea.evaluate.run import evaluate
     from pea.evaluate.suites import build_suite
     from pea.inference import PEAPipeline
-    from pea.models.loading import freeze, load_pipeline
     from pea.train.run import default_run_name
 
     preset = get_preset(profile.preset)
@@ -94,7 +103,7 @@ def evaluate_stage(profile: Profile, language: Language, run_name: str | None = 
         champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion")
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = freeze(load_pipeline(preset, profile.model_cache)).to(device)
+        pipe = scoring_pipeline(preset, profile.model_cache, device)
 
         def wrap(folder: Path) -> PEAPipeline:
             return PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)

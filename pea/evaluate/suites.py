@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pea.evaluate.metrics import Scorer, load_scorers
 from pea.evaluate.prompts import EvalPrompt, mc_prompts, mg_prompts
-from pea.languages import Language
+from pea.languages import Language, get_language
 from pea.presets import Preset
 
 Translate = Callable[[list[EvalPrompt]], list[str]]
@@ -47,8 +47,14 @@ def _machine_translation(preset: Preset, language: Language, model_cache: Path) 
     from pea.models.loading import model_source
 
     def translate(prompts: list[EvalPrompt]) -> list[str]:
+        """Each prompt from its own language (the multilingual sets mix five), in the original order."""
         model = Translator(model_source(preset.translation_for(language), model_cache))
-        return model([p.native for p in prompts], language.translation.code, ENGLISH_CODE)
+        out: dict[int, str] = {}
+        for lang in dict.fromkeys(p.lang for p in prompts):
+            idx = [i for i, p in enumerate(prompts) if p.lang == lang]
+            english = model([prompts[i].native for i in idx], get_language(lang).translation.code, ENGLISH_CODE)
+            out |= dict(zip(idx, english))
+        return [out[i] for i in range(len(prompts))]
 
     return translate
 
@@ -73,9 +79,9 @@ def toy_prompts(lang: str, culture_repeats: int = 8) -> tuple[dict[str, list[Eva
     """MG: every general scene once; MC: every culture scene `culture_repeats` times (there are six)."""
     from pea.toy.world import caption, culture_scenes, dictionary_english, general_scenes
 
-    mg = [EvalPrompt(f"toy-{s.shape}-{s.color}-{s.background}", caption(s, lang), caption(s, "en"))
+    mg = [EvalPrompt(f"toy-{s.shape}-{s.color}-{s.background}", caption(s, lang), caption(s, "en"), lang)
           for s in general_scenes()]
-    mc = [EvalPrompt(f"toy-{s.culture_word}-{s.background}-{k}", caption(s, lang), dictionary_english(s, lang))
+    mc = [EvalPrompt(f"toy-{s.culture_word}-{s.background}-{k}", caption(s, lang), dictionary_english(s, lang), lang)
           for k in range(culture_repeats) for s in culture_scenes(lang)]
     scenes = {caption(s, lang): s for s in general_scenes() + culture_scenes(lang)}
     return {"mg": mg, "mc": mc}, scenes

@@ -8,7 +8,7 @@ import torch
 
 from pea.errors import PeaError
 from pea.languages import EncoderSpec
-from pea.models.loading import encoder_source, load_transformers_class
+from pea.models.loading import encoder_source, load_transformers_class, load_weights_strictly
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class TextEncoder:
 
     @property
     def hidden_size(self) -> int:
-        return self.spec.hidden_size
+        return state_width(self.model, self.spec.hidden_layer)
 
     @property
     def device(self) -> torch.device:
@@ -48,34 +48,47 @@ class TextEncoder:
         for text, cut in zip(texts, truncated):
             if cut:
                 log.warning("prompt longer than the encoder's %d-token window, truncated: %.60s...", window, text)
+        # everything the tokenizer makes goes in: BERT's (Chinese-CLIP's) token_type_ids too, all 0 (one segment)
         tok = self.tokenizer(
             texts, padding="max_length", max_length=window, truncation=True, return_tensors="pt"
-        )
-        ids = tok["input_ids"].to(self.device)
-        mask = tok["attention_mask"].to(self.device)
-        model_mask = mask if self.spec.use_attention_mask else None
-        out = self.model(input_ids=ids, attention_mask=model_mask, output_hidden_states=True)
+        ).to(self.device)
+        mask = tok["attention_mask"]
+        if not self.spec.use_attention_mask:
+            del tok["attention_mask"]
+        out = self.model(**tok, output_hidden_states=True)
         layer = self.spec.hidden_layer
         states = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        if states.shape[-1] != self.spec.hidden_size:
-            raise PeaError(
-                f"encoder {self.spec.id!r} gives {states.shape[-1]}-d states, its spec says {self.spec.hidden_size}",
-                "correct hidden_size in the language or preset entry",
-            )
         return EncodedText(states=states, mask=mask, truncated=truncated)
 
 
+def state_width(model, layer: int) -> int:
+    """D of the (B, L, D) states at `layer`, from the loaded config. AltCLIP's last_hidden_state is the output of
+    its `transformation` Linear (text_config.project_dim wide); its hidden_states, like every other encoder's
+    states, are config.hidden_size wide (T5's d_model)."""
+    config = model.config
+    return config.project_dim if layer == -1 and hasattr(config, "project_dim") else config.hidden_size
+
+
 def load_text_encoder(spec: EncoderSpec, model_cache: Path) -> TextEncoder:
+    """The spec's tokenizer and model, every weight loaded from the checkpoint (else a PeaError), and of a dual
+    CLIP checkpoint (`loader` the class the repo holds: ChineseCLIPModel, AltCLIPModel, CLIPModel) the text tower.
+    The spec's hidden_size sized the adapter before anything was loaded, so the tower's real width is checked
+    against it here, before any encoding."""
     source = encoder_source(spec, model_cache)
     tokenizer_cls = load_transformers_class(spec.tokenizer)
     model_cls = load_transformers_class(spec.loader)
     try:
         tokenizer = tokenizer_cls.from_pretrained(source)
-        model = model_cls.from_pretrained(source)
+        model = load_weights_strictly(model_cls, source)
     except OSError as e:
         raise PeaError(
             f"cannot load text encoder {source!r}: {e}", "check the hub id or path, or your HF_HOME cache"
         ) from e
-    # CLIP-style dual encoders: only the text tower is used
-    model = getattr(model, "text_model", model)
-    return TextEncoder(spec, tokenizer, model)
+    encoder = TextEncoder(spec, tokenizer, getattr(model, "text_model", model))
+    if encoder.hidden_size != spec.hidden_size:
+        raise PeaError(
+            f"encoder {spec.id!r} gives {encoder.hidden_size}-d states at layer {spec.hidden_layer}, "
+            f"its spec says {spec.hidden_size}",
+            f"set hidden_size: {encoder.hidden_size} in the language or preset entry",
+        )
+    return encoder

@@ -63,6 +63,22 @@ def load_pipeline(preset: Preset, model_cache: Path, pipeline_cls=None, **kwargs
         ) from e
 
 
+def load_frozen_pipeline(preset: Preset, model_cache: Path, device, **kwargs):
+    """The base pipeline frozen on `device`, loaded straight into the dtypes pea/models/precision.py picks
+    (half on a GPU, the VAE in fp32 where it must be; fp32 on a CPU), never as fp32 weights under autocast."""
+    import torch
+
+    from pea.models.precision import frozen_dtype, vae_dtype
+
+    device = torch.device(device)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    pipe = load_pipeline(preset, model_cache, dtype=frozen_dtype(device.type, bf16), **kwargs)
+    vae = vae_dtype(pipe.vae.config, preset.family, device.type, bf16)
+    if pipe.vae.dtype != vae:
+        pipe.vae.to(dtype=vae)
+    return freeze(pipe).to(device)
+
+
 def load_transformers_class(qualified: str):
     """`transformers:<Class>` -> the class."""
     import transformers
@@ -71,6 +87,36 @@ def load_transformers_class(qualified: str):
     if library != "transformers" or not hasattr(transformers, name):
         raise PeaError(f"unsupported loader {qualified!r}", "use transformers:<ClassName>")
     return getattr(transformers, name)
+
+
+def load_weights_strictly(model_cls, source: str):
+    """`model_cls.from_pretrained(source)`, refusing a checkpoint whose weights do not all fit the class.
+
+    transformers fills every weight a checkpoint lacks with random init and only logs it (a log that
+    TRANSFORMERS_VERBOSITY=error hides): a tower class such as ChineseCLIPTextModel loaded from a dual CLIP
+    checkpoint matches no key at all, and pea would distil from noise. So the loading report itself is checked.
+    transformers already drops from it what is legitimately absent or left over: non-persistent buffers, and the
+    `position_ids` that older checkpoints stored. Mismatched shapes are reported (not raised) to be named here.
+    """
+    model, info = model_cls.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
+    problems = {"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+                "mismatched": sorted(key for key, *_ in info["mismatched_keys"])}
+    if any(problems.values()):
+        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems.items() if keys)
+        first = ", ".join([key for keys in problems.values() for key in keys][:3])
+        raise PeaError(f"{source!r} does not fit {model_cls.__name__}: {counts} weights (e.g. {first})",
+                       _class_fix(model_cls, source))
+    return model
+
+
+def _class_fix(model_cls, source: str) -> str:
+    """The fix names the class the checkpoint's config.json says it holds, when that is another class."""
+    from transformers import PretrainedConfig
+
+    held = (PretrainedConfig.get_config_dict(source)[0].get("architectures") or [None])[0]
+    if held and held != model_cls.__name__:
+        return f"use loader transformers:{held}, the class the checkpoint holds"
+    return "the checkpoint does not match its own config.json: re-download it (delete it from the HF_HOME cache)"
 
 
 def freeze(pipe):

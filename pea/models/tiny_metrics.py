@@ -1,6 +1,7 @@
 """Tiny stand-ins for the evaluation's metric models, in their publishers' own formats, so that the metric
-code loads them exactly as it loads the real ones: a transformers CLIP (language CLIPScore, PickScore), an
-open_clip model (CLIPScore_en) and an ImageReward checkpoint (BLIP key names, med_config.json, BERT vocab).
+code loads them exactly as it loads the real ones: a transformers CLIP (language CLIPScore, PickScore), a
+Chinese-CLIP (zh CLIPScore), an open_clip model (CLIPScore_en) and an ImageReward checkpoint (BLIP key names,
+med_config.json, BERT vocab).
 Random seeded weights: the numbers mean nothing, the code path is the real one.
 """
 
@@ -92,7 +93,12 @@ def save_tiny_image_reward(out: Path) -> None:
                                         encoder_hidden_size=48, is_decoder=True, bos_token_id=None, sep_token_id=None),
                          add_pooling_layer=False)
     state = {f"blip.visual_encoder.{k}": v for k, v in _vision_state(48, 2, 8, IMAGE, 96).items()}
-    state |= {f"blip.text_encoder.{k}": v for k, v in text.state_dict().items() if not k.endswith("position_ids")}
+    state |= {f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()}
+    # what upstream's BLIP saves beyond transformers' towers: BERT's position ids (a persistent buffer there)
+    # and the contrastive projections to 256-d
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    state |= {"blip.vision_proj.weight": torch.randn(256, 48) * 0.02, "blip.vision_proj.bias": torch.zeros(256),
+              "blip.text_proj.weight": torch.randn(256, 32) * 0.02, "blip.text_proj.bias": torch.zeros(256)}
     dims = [32, 24, 16, 8, 4, 1]  # the published head is 768-1024-128-64-16-1 with dropouts at 1, 3, 5
     for index, (i, o) in zip((0, 2, 4, 6, 7), zip(dims, dims[1:])):
         state[f"mlp.layers.{index}.weight"] = torch.randn(o, i) * 0.1

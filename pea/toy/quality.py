@@ -14,7 +14,7 @@ import torch
 
 from pea.adapter import AdapterConfig, PEAAdapter
 from pea.conditioning import StudentConditioner, TeacherConditioner
-from pea.distill import HookedUNet, KDBatch, KDConfig, NullConditioning, kd_step
+from pea.distill import HookedUNet, KDBatch, KDConfig, NullConditioning, kd_step, training_scheduler
 from pea.inference import PEAPipeline
 from pea.languages import EncoderSpec
 from pea.models.encoders import TextEncoder, load_text_encoder
@@ -90,9 +90,10 @@ def train_adapter(models: ToyModels, student: TextEncoder, adapter: PEAAdapter, 
     """KD of the adapter alone on in-memory cached features; returns minutes taken."""
     start = time.perf_counter()
     empty = student.encode([""])
-    null = NullConditioning(teacher=TeacherConditioner(models.pipe).null(1), student_states=empty.states,
-                            student_mask=empty.mask, zeros=False)
+    null = NullConditioning(teacher_context=TeacherConditioner(models.pipe)([""]).context, student_states=empty.states,
+                            student_mask=empty.mask)
     unet = HookedUNet(models.pipe.unet, cfg.feature_blocks)
+    noise_scheduler = training_scheduler(models.pipe.scheduler.config)
     opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -102,7 +103,7 @@ def train_adapter(models: ToyModels, student: TextEncoder, adapter: PEAAdapter, 
         b = KDBatch(latents=data.latents[idx], teacher_context=data.teacher_context[idx], teacher_pooled=None,
                     student_states=data.student_states[idx], student_mask=data.student_mask[idx],
                     culture=data.culture[idx], time_ids=None, keys=[data.keys[i] for i in idx])
-        result = kd_step(unet, adapter, models.pipe.scheduler, b, null, cfg, gen, step)
+        result = kd_step(unet, adapter, noise_scheduler, b, null, cfg, gen, step)
         opt.zero_grad()
         result.loss.backward()
         opt.step()

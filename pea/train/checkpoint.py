@@ -1,5 +1,6 @@
 """Training checkpoints: adapter (safetensors + config), optimizer and schedule, step, loader position and
-the noise generator's state, so that a resumed run continues exactly where the last checkpoint was taken."""
+every rank's noise generator state, so that a resumed run continues exactly where the last checkpoint was
+taken (each rank draws its own noise; with synchronised gradients every rank's draws shape the adapter)."""
 
 import json
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from pea.adapter import PEAAdapter, load_adapter
 from pea.data.loader import Position
+from pea.errors import PeaError
 
 
 @dataclass
@@ -20,23 +22,30 @@ class TrainState:
 
 
 def save_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, state: TrainState,
-                    generator: torch.Generator) -> Path:
+                    generator_states: list[torch.Tensor]) -> Path:
+    """`generator_states[r]` is rank r's noise generator state (a uint8 tensor)."""
     folder.mkdir(parents=True, exist_ok=True)
     adapter.save(folder)
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, folder / "optimizer.pt")
-    save_file({"generator": generator.get_state()}, folder / "rng.safetensors")
+    save_file({f"generator.{rank}": g.cpu().contiguous() for rank, g in enumerate(generator_states)},
+              folder / "rng.safetensors")
     (folder / "state.json").write_text(json.dumps(
         {"step": state.step, "position": asdict(state.position), "samples": state.samples}))
     return folder
 
 
-def load_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, generator: torch.Generator) -> TrainState:
+def load_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, generator: torch.Generator,
+                    rank: int = 0) -> TrainState:
     loaded = load_adapter(folder, adapter.config.input_dim, adapter.config.context_dim, adapter.config.pooled_dim)
     adapter.load_state_dict(loaded.state_dict())
     # our own file, read back with weights_only: tensors and plain containers, no arbitrary objects
     opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(opt["optimizer"])
     schedule.load_state_dict(opt["schedule"])
-    generator.set_state(load_file(folder / "rng.safetensors")["generator"])
+    states = load_file(folder / "rng.safetensors")
+    if f"generator.{rank}" not in states:
+        raise PeaError(f"checkpoint {folder} holds no noise state for rank {rank} (saved with {len(states)} workers)",
+                       "resume with the same number of workers, or start a new run name")
+    generator.set_state(states[f"generator.{rank}"])
     state = json.loads((folder / "state.json").read_text())
     return TrainState(step=state["step"], position=Position(**state["position"]), samples=state["samples"])

@@ -14,11 +14,12 @@ class TrainConfig(BaseModel):
     steps: int = Field(200, gt=0)  # optimizer steps
     batch_size: int = Field(16, gt=0)  # per worker, per micro-batch
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)  # linear warm-up, then cosine decay to 0
-    weight_decay: float = Field(1e-2, ge=0)
+    # None: the preset's (pea.presets.TrainDefaults), filled in by for_preset before a job starts
+    lr: float | None = Field(None, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)  # linear warm-up, then cosine decay to 0
+    weight_decay: float | None = Field(None, ge=0)
+    adapter_hidden: tuple[int, ...] | None = None
     max_grad_norm: float = Field(1.0, gt=0)
-    adapter_hidden: tuple[int, ...] = (1024,)
     method: str = "pea"  # a row of pea.distill.ABLATIONS
     kd: KDConfig | None = None  # overrides `method` when given
     seed: int = 0
@@ -32,6 +33,12 @@ class TrainConfig(BaseModel):
     progress: Literal["bar", "log"] = "bar"  # a bar on a terminal; samples/s and ETA lines at scale
     run_name: str | None = None  # Ray Train run name; the same name resumes that run
     fault_at_step: int | None = None  # chaos drill: the first attempt of rank 0 dies at this step
+
+    def for_preset(self, preset) -> "TrainConfig":
+        """This config with every field left to the preset filled from it (what the job logs and runs)."""
+        defaults = {"lr": preset.train.lr, "warmup_steps": preset.train.warmup_steps,
+                    "weight_decay": preset.train.weight_decay, "adapter_hidden": preset.adapter_hidden}
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def kd_config(self) -> KDConfig:
         if self.kd is not None:

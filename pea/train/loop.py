@@ -1,9 +1,16 @@
-"""The per-worker training loop. Every Ray Train call of pea is in this module and in run.py."""
+"""The per-worker training loop. Every Ray Train call of pea is in this module and in run.py.
+
+`train_loop_per_worker` only wires the pieces: `_Models` (the frozen models, loaded once), `micro_step` (one
+KD forward/backward through the DDP-wrapped adapter), `optimizer_step`, `LogWindow` (the metrics of the last
+`log_every` steps) and `_report` (checkpoints). `micro_step` and `optimizer_step` need no Ray and are tested
+on their own, with two gloo processes for the gradient synchronisation.
+"""
 
 import logging
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray.train
@@ -14,53 +21,55 @@ import torch.distributed as dist
 from pea.adapter import PEAAdapter
 from pea.data.loader import BucketBatchLoader, Position
 from pea.data.records import features_batch, image_batch
-from pea.distill import HookedUNet, NonFiniteLossError, kd_step
+from pea.distill import HookedUNet, KDConfig, KDResult, NonFiniteLossError, kd_step, training_scheduler
 from pea.storage import Storage
 from pea.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from pea.train.config import TrainJob
+from pea.train.config import TrainConfig, TrainJob
 from pea.train.gauges import TrainGauges
 
 log = logging.getLogger("pea.train")
 
 
 class _Models:
-    """The frozen models a worker needs, loaded once: the UNet and scheduler always; the VAE and text
-    encoders only when features were not cached."""
+    """The frozen models a worker needs, loaded once: the UNet and the DDPM training scheduler always; the VAE
+    and text encoders only when features were not cached."""
 
     def __init__(self, job: TrainJob, device: torch.device, storage: Storage):
-        from diffusers import UNet2DConditionModel
+        from diffusers import DDPMScheduler, UNet2DConditionModel
 
         from pea.data.cache import load_null
         from pea.languages import get_language
-        from pea.models.loading import load_pipeline, pipeline_source
+        from pea.models.loading import load_frozen_pipeline, pipeline_source
+        from pea.models.precision import frozen_dtype
         from pea.presets import get_preset
 
         preset = get_preset(job.preset)
         cache = Path(job.model_cache)
         if job.cached:
-            import diffusers
-
             source = pipeline_source(preset, cache)
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
-            scheduler_config = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler")
-            self.scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+            bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+            # half precision on a GPU: no fp32 copy of 2.6 B frozen weights re-cast on every pass under autocast
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=frozen_dtype(device.type, bf16))
+            scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler")
             self.null = load_null(storage, job.lang, job.preset)
             self.extractor = None
         else:
             from pea.features import FeatureExtractor
             from pea.models.encoders import load_text_encoder
 
-            pipe = load_pipeline(preset, cache).to(device)
+            pipe = load_frozen_pipeline(preset, cache, device)
             student = load_text_encoder(preset.student_for(get_language(job.lang)), cache).to(device)
+            student.model.to(dtype=pipe.text_encoder.dtype)
             self.extractor = FeatureExtractor(pipe, student)
-            unet, self.scheduler, self.null = pipe.unet, pipe.scheduler, self.extractor.null()
+            unet, scheduler_config, self.null = pipe.unet, pipe.scheduler.config, self.extractor.null()
+        self.scheduler = training_scheduler(scheduler_config)
         unet.to(device)
         if job.train.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         if device.type == "cpu":
             unet.to(memory_format=torch.channels_last)
         self.unet = HookedUNet(unet, job.train.kd_config().feature_blocks)
-        self.null = _null_to(self.null, device)
+        self.null = self.null.to(device)
 
     def batch(self, raw, device, generator):
         if self.extractor is None:
@@ -69,26 +78,89 @@ class _Models:
                               time_ids=raw["time_ids"].to(device), keys=raw["keys"], generator=generator)
 
 
-def _null_to(null, device):
-    from pea.adapter import Conditioning
-
-    null.teacher = Conditioning(null.teacher.context.to(device),
-                                null.teacher.pooled.to(device) if null.teacher.pooled is not None else None)
-    null.student_states, null.student_mask = null.student_states.to(device), null.student_mask.to(device)
-    return null
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def _any_rank(flag: bool, device) -> bool:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
-def train_loop_per_worker(config: dict) -> None:
-    from transformers import get_cosine_schedule_with_warmup
+def micro_step(model, models, batch, kd: KDConfig, cfg: TrainConfig, generator, step: int, sync: bool,
+               autocast=nullcontext()) -> KDResult | None:
+    """One KD forward and backward of a micro-batch; None when the loss was not finite and `on_nonfinite` is
+    skip (on every rank alike, so no rank waits in an all-reduce the others skipped).
 
+    `model` is the adapter as the optimizer's step sees it: DDP-wrapped with several workers. The KD step calls
+    it (never `model.module`), so DDP's gradient hooks fire and backward all-reduces the mean gradient;
+    `sync=False` (a micro-batch before the last of an accumulation) defers that with `no_sync`.
+    """
+    defer = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
+    with defer:
+        try:
+            with autocast:
+                result = kd_step(models.unet, model, models.scheduler, batch, models.null, kd, generator, step)
+        except NonFiniteLossError as e:
+            if cfg.on_nonfinite == "raise":
+                raise
+            log.warning("skipping batch: %s", e)
+            result = None
+        if _any_rank(result is None, batch.latents.device):
+            return None
+        (result.loss / cfg.grad_accum).backward()
+    return result
+
+
+def optimizer_step(model, optimizer, schedule, max_grad_norm: float) -> None:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def check_replicas_agree(adapter: PEAAdapter, device) -> None:
+    """Every rank must hold the same adapter (DDP keeps them equal); a checksum compared across ranks at each
+    checkpoint catches a loop that trains independent copies and would save rank 0's alone."""
+    if not _distributed():
+        return
+    total = torch.stack([p.detach().double().sum() for p in adapter.parameters()]).sum().to(device)
+    low, high = total.clone(), total.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.isclose(low, high, rtol=1e-9, atol=1e-9):
+        raise RuntimeError(f"adapter replicas differ across ranks (checksums {low.item()} .. {high.item()})")
+
+
+@dataclass
+class LogWindow:
+    """Loss terms and throughput over the steps since the last log line. `samples` counts all workers."""
+
+    start: float = field(default_factory=time.perf_counter)
+    sums: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    steps: int = 0
+
+    def add(self, terms: dict[str, float], samples: int, weight: float) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+        self.samples += samples
+
+    def metrics(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()} | {"samples_per_s": self.samples / elapsed}
+
+
+def eta_seconds(cfg: TrainConfig, step: int, world: int, global_samples_per_s: float) -> float:
+    """Remaining samples of all workers over the throughput of all workers."""
+    remaining = (cfg.steps - step) * cfg.batch_size * cfg.grad_accum * world
+    return remaining / max(global_samples_per_s, 1e-9)
+
+
+def train_loop_per_worker(config: dict) -> None:
     job = TrainJob.model_validate(config["job"])
     cfg, kd = job.train, job.train.kd_config()
     ctx = ray.train.get_context()
@@ -97,18 +169,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed + rank)
     storage = Storage(job.storage_root, endpoint_url=job.s3_endpoint_url)
     models = _Models(job, device, storage)
-
-    adapter = PEAAdapter(job.adapter).to(device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
-    state = TrainState()
-    resumed = ray.train.get_checkpoint()
-    if resumed:
-        with resumed.as_directory() as folder:
-            state = load_checkpoint(Path(folder), adapter, optimizer, schedule, generator)
+    adapter, optimizer, schedule, generator, state, resumed = _trainable(job, device, rank)
     model = ray.train.torch.prepare_model(adapter, move_to_device=False)
-
     loader = BucketBatchLoader(storage, job.data_prefix, job.shards, cfg.batch_size,
                                features_batch if job.cached else image_batch, rank, world, cfg.seed,
                                cfg.shuffle_buffer)
@@ -116,64 +178,38 @@ def train_loop_per_worker(config: dict) -> None:
         raise ValueError(f"rank {rank} gets no full batch of {cfg.batch_size}: lower batch_size or add data")
     bar = _progress(cfg, rank, state.step)
     gauges = TrainGauges(job.lang, job.run_name) if rank == 0 else None
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-    sums: dict[str, float] = {}
-    window_start, window_samples, window_steps = time.perf_counter(), 0, 0
-    micro = 0
-    position = state.position
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    window, micro, position = LogWindow(), 0, state.position
     while state.step < cfg.steps:
         for position, raw in loader(position):
             batch = models.batch(raw, device, generator)
             last_micro = (micro + 1) % cfg.grad_accum == 0
-            sync = nullcontext() if (last_micro or world == 1) else model.no_sync()
-            with sync:
-                try:
-                    with autocast:
-                        result = kd_step(models.unet, model.module if world > 1 else model, models.scheduler,
-                                         batch, models.null, kd, generator, state.step)
-                    bad = False
-                except NonFiniteLossError as e:
-                    if cfg.on_nonfinite == "raise":
-                        raise
-                    log.warning("skipping batch: %s", e)
-                    bad = True
-                if _any_rank(bad, device):
-                    optimizer.zero_grad(set_to_none=True)
-                    micro = 0
-                    continue
-                (result.loss / cfg.grad_accum).backward()
-            for k, v in result.terms.items():
-                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+            result = micro_step(model, models, batch, kd, cfg, generator, state.step, sync=last_micro,
+                                autocast=autocast)
+            if result is None:
+                optimizer.zero_grad(set_to_none=True)
+                micro = 0
+                continue
             micro += 1
-            window_samples += len(batch.keys) * world
+            window.add(result.terms, len(batch.keys) * world, 1 / cfg.grad_accum)
             if not last_micro:
                 continue
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, schedule, cfg.max_grad_norm)
             state.step += 1
             state.samples += cfg.batch_size * cfg.grad_accum * world
             state.position = position
-            window_steps += 1
+            window.steps += 1
             if bar is not None:
                 bar.update(1)
             if cfg.fault_at_step == state.step and rank == 0 and not resumed:
                 raise RuntimeError(f"chaos drill: rank 0 dies at step {state.step}")
             finished = state.step >= cfg.steps
             if state.step % cfg.log_every == 0 or finished:
-                elapsed = time.perf_counter() - window_start
-                metrics = {k: v / window_steps for k, v in sums.items()}
-                metrics |= {"lr": schedule.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
-                            "step": state.step, "samples": state.samples}
-                if device.type == "cuda":
-                    metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                if rank == 0:
-                    _log_metrics(job, metrics, state.step, cfg)
-                    gauges.observe(metrics, device)
-                sums, window_start, window_samples, window_steps = {}, time.perf_counter(), 0, 0
+                _log_window(job, window, schedule, state, device, rank, world, gauges)
+                window = LogWindow()
             if state.step % cfg.checkpoint_every == 0 or finished:
-                _report(job, adapter, optimizer, schedule, state, generator, rank, state.step)
+                check_replicas_agree(adapter, device)
+                _report(adapter, optimizer, schedule, state, generator_states(generator, device), rank)
                 if gauges is not None:
                     gauges.checkpointed()
             if finished:
@@ -185,6 +221,37 @@ def train_loop_per_worker(config: dict) -> None:
         bar.close()
 
 
+def _trainable(job: TrainJob, device, rank: int):
+    """The adapter, AdamW, warm-up + cosine schedule and noise generator, restored from Ray's checkpoint if any."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    cfg = job.train
+    adapter = PEAAdapter(job.adapter).to(device)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
+    state = TrainState()
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as folder:
+            state = load_checkpoint(Path(folder), adapter, optimizer, schedule, generator, rank)
+    return adapter, optimizer, schedule, generator, state, resumed
+
+
+def _log_window(job, window: LogWindow, schedule, state: TrainState, device, rank: int, world: int, gauges) -> None:
+    metrics = window.metrics() | {"lr": schedule.get_last_lr()[0], "step": state.step, "samples": state.samples}
+    if device.type == "cuda":
+        metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if rank != 0:
+        return
+    _log_metrics(job, metrics, state.step)
+    gauges.observe(metrics, device)
+    if job.train.progress == "log":
+        eta = eta_seconds(job.train, state.step, world, metrics["samples_per_s"])
+        log.info("step %d/%d loss %.4f samples/s %.1f eta %.0fs", state.step, job.train.steps,
+                 metrics.get("loss", float("nan")), metrics["samples_per_s"], eta)
+
+
 def _progress(cfg, rank, start):
     if rank != 0 or cfg.progress != "bar":
         return None
@@ -193,25 +260,32 @@ def _progress(cfg, rank, start):
     return tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
 
 
-def _log_metrics(job: TrainJob, metrics: dict, step: int, cfg) -> None:
+def _log_metrics(job: TrainJob, metrics: dict, step: int) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     MlflowClient(job.mlflow_tracking_uri).log_batch(
         job.mlflow_run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-    if cfg.progress == "log":
-        eta = (cfg.steps - step) * cfg.batch_size * cfg.grad_accum / max(metrics["samples_per_s"], 1e-9)
-        log.info("step %d/%d loss %.4f samples/s %.1f eta %.0fs", step, cfg.steps, metrics.get("loss", float("nan")),
-                 metrics["samples_per_s"], eta)
 
 
-def _report(job, adapter, optimizer, schedule, state, generator, rank, step) -> None:
-    metrics = {"step": step}
+def generator_states(generator: torch.Generator, device) -> list[torch.Tensor]:
+    """Every rank's noise generator state, in rank order (an all-gather: each rank's noise shapes the shared
+    gradient, so a resumed run needs them all to continue exactly)."""
+    own = generator.get_state()
+    if not _distributed():
+        return [own]
+    gathered = [torch.empty_like(own, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, own.to(device))
+    return [g.cpu() for g in gathered]
+
+
+def _report(adapter, optimizer, schedule, state, generator_states, rank) -> None:
+    metrics = {"step": state.step}
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), adapter, optimizer, schedule, state, generator)
+        save_checkpoint(Path(tmp), adapter, optimizer, schedule, state, generator_states)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"step-{step:08d}")
+                         checkpoint_dir_name=f"step-{state.step:08d}")

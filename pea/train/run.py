@@ -105,6 +105,7 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
     from pea.train.loop import train_loop_per_worker
 
     preset = get_preset(profile.preset)
+    cfg = cfg.for_preset(preset)
     spec = preset.student_for(language)
     # tiny models are built once here, not raced by the workers
     pipeline_source(preset, profile.model_cache)
