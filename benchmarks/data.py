@@ -23,7 +23,8 @@ from PIL import Image
 
 from pea.adapter import AdapterConfig, PEAAdapter
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
-from pea.data.cache import cache_features, features_dir, load_null
+from pea.data.cache import cache_features, load_null
+from pea.layout import features_dir
 from pea.data.harvest import harvest
 from pea.data.loader import BucketBatchLoader
 from pea.data.records import features_batch

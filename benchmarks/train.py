@@ -25,20 +25,21 @@ from data_helpers import make_folder  # noqa: E402
 from pea.data.sources import SourceSpec  # noqa: E402
 from pea.data.translate import translate  # noqa: E402
 from pea.languages import get_language  # noqa: E402
+from pea.presets import get_preset  # noqa: E402
 from pea.profiles import load_profile  # noqa: E402
 from pea.stages import bucket_stage, cache_stage, harvest_stage  # noqa: E402
-from pea.train.config import TrainConfig  # noqa: E402
+from pea.train.config import TrainConfig, TrainSwitches  # noqa: E402
 from pea.train.run import train_adapter  # noqa: E402
 
-
+TINY = get_preset("tiny-sdxl")
 
 
 def samples_per_s(profile, steps: int, batch: int, run: str) -> float:
     from mlflow import MlflowClient
 
-    result = train_adapter(profile, get_language("ko"),
+    result = train_adapter(profile, get_language("ko"), TINY,
                            TrainConfig(steps=steps, batch_size=batch, log_every=max(1, steps // 4),
-                                       checkpoint_every=steps, progress="log", run_name=run))
+                                       checkpoint_every=steps, run_name=run), TrainSwitches(progress="log"))
     history = MlflowClient(profile.mlflow_tracking_uri).get_metric_history(result.mlflow_run_id, "samples_per_s")
     return statistics.median(m.value for m in sorted(history, key=lambda m: m.step)[1:])  # the first window warms up
 
@@ -50,14 +51,14 @@ def cpu_scaling(steps: int, batch: int, images: int) -> dict:
         tmp = Path(tmp)
         rates = {}
         for workers in (1, 2):
-            env = {"PEA_RAY__NUM_WORKERS": str(workers), "PEA_DATA_DIR": str(tmp / "data"), "PEA_PRESET": "tiny-sdxl"}
+            env = {"PEA_RAY__NUM_WORKERS": str(workers), "PEA_DATA_DIR": str(tmp / "data")}
             profile = load_profile("local", env=env, cwd=tmp)
             if workers == 1:
                 ko = get_language("ko")
                 harvest_stage(profile, ko, SourceSpec(name="bench", kind="folder", uri=str(make_folder(tmp / "imgs", n=images))))
                 translate(profile.storage(), "ko", "kor_Hang", "none", lambda: None)
-                bucket_stage(profile, ko)
-                cache_stage(profile, ko)
+                bucket_stage(profile, ko, TINY)
+                cache_stage(profile, ko, TINY, batch_size=32)
             rates[workers] = samples_per_s(profile, steps, batch, f"bench-{workers}w")
             ray.shutdown()
     return {"samples_per_s_1w": round(rates[1], 1), "samples_per_s_2w": round(rates[2], 1),
@@ -67,7 +68,8 @@ def cpu_scaling(steps: int, batch: int, images: int) -> dict:
 def sdxl_gpu(batch: int, steps: int) -> dict:
     """KD steps on the real SDXL UNet architecture at 1024 px (128x128 latents), cached-feature shapes."""
     from pea.adapter import AdapterConfig, PEAAdapter
-    from pea.distill import HookedUNet, KDBatch, KDConfig, NullConditioning, kd_step, training_scheduler
+    from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
+    from pea.kd_types import KDBatch, NullConditioning
     from pea.models.tiny import make_pipeline
 
     device = torch.device("cuda")

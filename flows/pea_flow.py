@@ -1,12 +1,14 @@
 """The `pea` flow: one language, every stage, unattended. Deployment `train-language` in prefect.yaml.
 
     prefect deployment run pea/train-language --param lang=ko
+    prefect deployment run pea/train-language --param lang=ko --param 'config={"train": {"method": "ukd"}}'
     uv run pea train-language --lang ko          # the same flow in-process (Prefect's temporary local API)
 
-Parameters are checked against the registries before any work starts (an unknown language or preset, or a
-step count below 1, is refused with the valid values). Each training job gets its own run name (from the flow
-run), so a scheduled re-run trains a new candidate on the cached data; retrying a failed flow run keeps the
-name and resumes from the stage that failed (finished stages are cached, Ray Train resumes its checkpoint).
+`config` is the whole RunConfig (pea/run_config.py): Prefect builds the parameter schema from it, so a
+deployment run can set any field, and the server refuses an unknown language, preset or method, or a step
+count below 1, before any work starts. Each training job gets its own run name (from the flow run), so a
+scheduled re-run trains a new candidate on the cached data; retrying a failed flow run keeps the name and
+resumes from the stage that failed (finished stages are cached, Ray Train resumes its checkpoint).
 """
 
 import os
@@ -15,22 +17,22 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import PositiveInt
 
 from pea.data.sources import SourceSpec
 from pea.evaluate.config import EvalConfig, GateConfig
 from pea.languages import Language, get_language
 from pea.languages import registry as languages
-from pea.presets import registry as presets
+from pea.names import run_name
+from pea.presets import Preset, get_preset
 from pea.profiles import Profile, check_mlflow, load_profile
+from pea.run_config import RunConfig
 from pea.stages import default_sources, harvested_sources
-from pea.train.config import TrainConfig
+from pea.train.config import TrainSwitches
 from tasks.data import bucket_shards, cache_features, harvest_source, translate_captions
 from tasks.evaluation import evaluate_adapter, register_adapter
 from tasks.training import train_adapter
 
 Lang = StrEnum("Lang", {code: code for code in languages()})
-PresetName = StrEnum("PresetName", {name: name for name in presets()})
 
 
 @flow(name="pea-harvest")
@@ -42,46 +44,43 @@ def harvest(profile: Profile, language: Language, sources: list[SourceSpec]) -> 
 
 
 @flow(name="pea-evaluate")
-def evaluate(profile: Profile, language: Language, run_name: str, cfg: EvalConfig, gate: GateConfig) -> dict:
+def evaluate(profile: Profile, language: Language, preset: Preset, run_name: str, cfg: EvalConfig,
+             gate: GateConfig) -> dict:
     """The candidate against its baselines and the champion, then registration and the gate."""
-    summary = evaluate_adapter(profile, language, run_name, cfg)
-    return register_adapter(profile, language, run_name, gate, summary)
+    summary = evaluate_adapter(profile, language, preset, run_name, cfg)
+    return register_adapter(profile, language, preset, run_name, gate, summary)
 
 
 def run_name_for(lang: str, preset: str) -> str:
     """One training job per flow run: a retry of the flow run keeps it, a new flow run gets a new one."""
     run_id = flow_run.get_id()
-    return f"pea-{lang}-{preset}-{run_id[:8]}" if run_id else f"pea-{lang}-{preset}"
+    return run_name(lang, preset, run_id[:8] if run_id else None)
 
 
 @flow(name="pea")
-def pea(lang: Lang, preset: PresetName | None = None, steps: PositiveInt | None = None, profile: str = "local",
-        sources: list[SourceSpec] | None = None, eval_prompts: PositiveInt | None = None,
-        eval_steps: PositiveInt = 25, tolerance: float = 0.05, toy_samples: PositiveInt = 4000) -> dict:
+def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> dict:
     """Harvest, translate, bucket, cache, train, evaluate and register the adapter for `lang`.
 
-    `profile` is a built-in profile or a YAML path; PEA_* variables of the worker override its fields."""
-    prof = _profile(profile, preset)
-    language = get_language(str(lang))
+    `profile` is a built-in profile or a YAML path (where the run happens); PEA_* variables of the worker
+    override its fields. `config` is what the run does."""
+    prof = _profile(profile)
+    language, preset = get_language(str(lang)), get_preset(config.preset)
     check_mlflow(prof.mlflow_tracking_uri)
-    harvested = harvest(prof, language, sources if sources is not None else default_sources(prof, language, toy_samples))
-    captions = translate_captions(prof, language, harvested)
-    shards = bucket_shards(prof, language, captions)
-    features = cache_features(prof, language, shards)
-    train_cfg = TrainConfig(progress="log", run_name=run_name_for(language.code, prof.preset), **(
-        {"steps": steps} if steps else {}))
-    result = train_adapter(prof, language, train_cfg, features)
-    outcome = evaluate(prof, language, result["run_name"], EvalConfig(max_prompts=eval_prompts, steps=eval_steps),
-                       GateConfig(tolerance=tolerance))
-    return {"lang": language.code, "preset": prof.preset, "run_name": result["run_name"], **outcome}
+    sources = config.data.sources
+    harvested = harvest(prof, language, list(sources) if sources is not None else
+                        default_sources(prof, language, preset, config.data.toy_samples))
+    captions = translate_captions(prof, language, preset, harvested)
+    shards = bucket_shards(prof, language, preset, captions)
+    features = cache_features(prof, language, preset, config.data.cache_batch, shards)
+    train_cfg = config.train.model_copy(update={"run_name": config.train.run_name or run_name_for(language.code, preset.name)})
+    result = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))
+    outcome = evaluate(prof, language, preset, result["run_name"], config.eval, config.gate)
+    return {"lang": language.code, "preset": preset.name, "run_name": result["run_name"], **outcome}
 
 
-def _profile(name: str, preset: PresetName | None) -> Profile:
+def _profile(name: str) -> Profile:
     """The flow is the entry point on a worker: the one place that reads the environment."""
-    env = dict(os.environ)
-    if preset:
-        env["PEA_PRESET"] = str(preset)
-    return load_profile(name, env=env, cwd=Path.cwd())
+    return load_profile(name, env=dict(os.environ), cwd=Path.cwd())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ code averages padding too), so the pooled embedding of a prompt does not depend 
 Saved as safetensors + a JSON config; never pickled.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pea.errors import PeaError
+from pea.kd_types import Conditioning
 
 WEIGHTS = "adapter.safetensors"
 CONFIG = "adapter.json"
@@ -40,14 +40,6 @@ class AdapterConfig(BaseModel):
     language: str | None = None
     student_encoder: str | None = None
     base_model: str | None = None
-
-
-@dataclass
-class Conditioning:
-    """What the UNet is conditioned on: (B, L, context_dim) tokens and, for SDXL, a (B, pooled_dim) vector."""
-
-    context: torch.Tensor
-    pooled: torch.Tensor | None = None
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@ inference pipeline never need to know which side they hold."""
 
 import torch
 
-from pea.adapter import Conditioning, PEAAdapter
+from pea.adapter import PEAAdapter
 from pea.errors import PeaError
+from pea.kd_types import Conditioning
 from pea.models.encoders import TextEncoder
 
 

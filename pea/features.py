@@ -7,7 +7,7 @@ the online path (no cache) runs it every step.
 import torch
 
 from pea.conditioning import TeacherConditioner, is_sdxl
-from pea.distill import KDBatch, NullConditioning
+from pea.kd_types import KDBatch, NullConditioning
 from pea.models.encoders import TextEncoder
 from pea.models.loading import freeze
 

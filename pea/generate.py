@@ -1,16 +1,16 @@
-"""`pea generate`: one image from a native prompt and a saved adapter, on the profile's base model."""
+"""`pea generate`: one image from a native prompt and a saved adapter, on a preset's base model."""
 
 from pathlib import Path
 
 from pea.conditioning import check_prompts
 from pea.errors import PeaError
 from pea.languages import get_language
-from pea.presets import get_preset
+from pea.presets import Preset
 from pea.profiles import Profile
 
 
 def generate_image(
-    prompt: str, lang: str, adapter_dir: Path, out: Path, profile: Profile,
+    prompt: str, lang: str, adapter_dir: Path, out: Path, profile: Profile, preset: Preset,
     negative: str = "", steps: int = 30, guidance: float = 5.0, seed: int = 0,
 ) -> Path:
     import torch
@@ -21,7 +21,7 @@ def generate_image(
     check_prompts([prompt])
     if out.suffix.lower() != ".png":
         raise PeaError(f"output {out} is not a .png path", "give --out a file name ending in .png")
-    language, preset = get_language(lang), get_preset(profile.preset)
+    language = get_language(lang)
     load_adapter(adapter_dir, language=language.code)  # a wrong or broken adapter fails before any model loads
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = PEAPipeline.from_preset(adapter_dir, language, preset, profile.model_cache).to(device)

@@ -6,7 +6,9 @@ import html
 import tempfile
 from pathlib import Path
 
-from pea.registry import CHALLENGER, CHAMPION, _client, model_name
+from pea import tracking
+from pea.names import model_name
+from pea.registry import CHALLENGER, CHAMPION
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:6px 0}
 td,th{border:1px solid #ddd;padding:4px 8px}th{background:#f4f4f4}.none{color:#888}img{max-width:640px;margin:4px}
@@ -16,7 +18,7 @@ td,th{border:1px solid #ddd;padding:4px 8px}th{background:#f4f4f4}.none{color:#8
 def _entries(tracking_uri: str, lang: str) -> list[tuple[str, object]]:
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = tracking.client(tracking_uri)
     try:
         aliases = client.get_registered_model(model_name(lang)).aliases or {}
     except MlflowException:
@@ -27,11 +29,10 @@ def _entries(tracking_uri: str, lang: str) -> list[tuple[str, object]]:
 
 def _grid(tracking_uri: str, run_id: str) -> str | None:
     """The evaluation's sample grid from the training run's artifacts, as a data URI."""
-    from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = MlflowClient(tracking_uri).download_artifacts(run_id, "report/grid.png", tmp)
+            path = tracking.client(tracking_uri).download_artifacts(run_id, "report/grid.png", tmp)
         except Exception:  # noqa: BLE001 -- a version registered without an evaluation report shows no images
             return None
         return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()

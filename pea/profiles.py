@@ -40,7 +40,6 @@ class Profile(_Strict):
     storage_root: str  # local path or s3://bucket/prefix
     mlflow_tracking_uri: str
     mlflow_artifact_root: str | None = None  # where new experiments keep artifacts; None: the server's default
-    preset: str
     ray: RayProfile = RayProfile()
     s3: S3Profile = S3Profile()
 

@@ -14,19 +14,11 @@ from pathlib import Path
 
 from pea.adapter import CONFIG
 from pea.errors import PeaError
+from pea.names import model_name
+from pea.tracking import client
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PYFUNC_NAME = "pea_adapter"
-
-
-def model_name(lang: str) -> str:
-    return f"pea-{lang}"
-
-
-def _client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
 @contextmanager
@@ -49,7 +41,7 @@ def version_by_alias(tracking_uri: str, lang: str, alias: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return _client(tracking_uri).get_model_version_by_alias(model_name(lang), alias)
+        return client(tracking_uri).get_model_version_by_alias(model_name(lang), alias)
     except MlflowException:
         return None
 
@@ -78,14 +70,14 @@ def resolve_adapter(uri: str, tracking_uri: str, cache: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     ref = uri.removeprefix("models:/")
-    client = _client(tracking_uri)
+    mlflow_client = client(tracking_uri)
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            version = str(client.get_model_version_by_alias(name, alias).version)
+            version = str(mlflow_client.get_model_version_by_alias(name, alias).version)
         else:
             name, _, version = ref.partition("/")
-            client.get_model_version(name, version)
+            mlflow_client.get_model_version(name, version)
     except MlflowException as e:
         raise PeaError(f"{uri} does not exist in the registry at {tracking_uri}",
                        "see `pea models --lang <lang>` for the registered versions") from e
@@ -107,8 +99,8 @@ def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags:
     from pea.resources import resource_path
     from pea.serving import requirements
 
-    client, name = _client(tracking_uri), model_name(lang)
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    mlflow_client, name = client(tracking_uri), model_name(lang)
+    existing = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         return Registered(str(existing[0].version), False)
     with _tracking(tracking_uri), tempfile.TemporaryDirectory() as tmp:
@@ -119,26 +111,26 @@ def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags:
                                            artifacts={"adapter": str(staged)},
                                            pip_requirements=requirements(), metadata=tags, model_config=model_config)
         version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
     return Registered(str(version.version), True)
 
 
 def apply_decision(tracking_uri: str, lang: str, version: str, promote: bool, tags: dict[str, str]) -> None:
-    client, name = _client(tracking_uri), model_name(lang)
+    mlflow_client, name = client(tracking_uri), model_name(lang)
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        mlflow_client.set_model_version_tag(name, version, key, value)
     if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def list_versions(tracking_uri: str, lang: str) -> list[dict]:
     """Every version of pea-<lang>, newest first, with aliases, gate decision and primary/guard metrics."""
-    client = _client(tracking_uri)
-    versions = client.search_model_versions(f"name = '{model_name(lang)}'")
+    mlflow_client = client(tracking_uri)
+    versions = mlflow_client.search_model_versions(f"name = '{model_name(lang)}'")
     if not versions:
         return []
     # search results carry no aliases; the registered model has them all
-    aliases = client.get_registered_model(model_name(lang)).aliases or {}
+    aliases = mlflow_client.get_registered_model(model_name(lang)).aliases or {}
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         tags = v.tags or {}

@@ -5,7 +5,6 @@ Prefect tasks both call these, so the two never drift apart. On built-locally pr
 comes from the toy world itself (parallel samples with both captions, culture samples native only).
 """
 
-from collections.abc import Callable
 
 from pea.data.buckets import BucketConfig
 from pea.data.harvest import HarvestConfig, harvest
@@ -13,16 +12,12 @@ from pea.data.sources import SourceSpec
 from pea.data.translate import TranslateConfig
 from pea.errors import PeaError
 from pea.languages import Language
-from pea.presets import Preset, get_preset
+from pea.presets import Preset
 from pea.profiles import Profile
+from pea.progress import Progress, quiet
+from pea.layout import raw_dir
 
-Progress = Callable[[str], None]
-TOY_SAMPLES = 4000
 TOY_CULTURE_SHARE = 0.15
-
-
-def _quiet(msg: str) -> None:
-    pass
 
 
 def bucket_config(language: Language, preset: Preset, **overrides) -> BucketConfig:
@@ -31,7 +26,7 @@ def bucket_config(language: Language, preset: Preset, **overrides) -> BucketConf
     return BucketConfig(**{"side": side, "step": preset.bucket_step, **overrides})
 
 
-def toy_sources(profile: Profile, language: Language, samples: int = TOY_SAMPLES) -> list[SourceSpec]:
+def toy_sources(profile: Profile, language: Language, samples: int) -> list[SourceSpec]:
     """The toy world's samples for `language`, rendered once as harvestable folders."""
     from pea.toy.world import LANGS, write_folders
 
@@ -45,14 +40,14 @@ def toy_sources(profile: Profile, language: Language, samples: int = TOY_SAMPLES
             SourceSpec(name="toy-culture", kind="folder", uri=str(root / "culture"), culture=True)]
 
 
-def default_sources(profile: Profile, language: Language, toy_samples: int = TOY_SAMPLES) -> list[SourceSpec]:
+def default_sources(profile: Profile, language: Language, preset: Preset, toy_samples: int) -> list[SourceSpec]:
     """Toy data on built-locally presets; none on real ones (harvest with `pea harvest` or the flow's sources)."""
-    return toy_sources(profile, language, toy_samples) if get_preset(profile.preset).is_built_locally else []
+    return toy_sources(profile, language, toy_samples) if preset.is_built_locally else []
 
 
 def harvested_sources(profile: Profile, language: Language) -> list[str]:
     """Names of the sources already harvested for `language` (each has a manifest)."""
-    found = profile.storage().glob(language.code, "raw", "*", "manifest.json")
+    found = profile.storage().glob(*raw_dir(language.code), "*", "manifest.json")
     if not found:
         raise PeaError(f"no harvested data for {language.code!r} under {profile.storage().root}",
                        f"run `pea harvest --lang {language.code} ...` first, give the flow `sources`, or use the toy preset")
@@ -66,17 +61,17 @@ def harvest_stage(profile: Profile, language: Language, source: SourceSpec, cfg:
 def ensure_harvested(profile: Profile, language: Language, source: SourceSpec) -> dict:
     """A source's manifest: the one already there, or a fresh harvest's."""
     storage = profile.storage()
-    if storage.exists(language.code, "raw", source.name, "manifest.json"):
-        return storage.read_json(language.code, "raw", source.name, "manifest.json")
+    if storage.exists(*raw_dir(language.code), source.name, "manifest.json"):
+        return storage.read_json(*raw_dir(language.code), source.name, "manifest.json")
     return harvest_stage(profile, language, source)
 
 
-def translate_stage(profile: Profile, language: Language, cfg: TranslateConfig = TranslateConfig(),
-                    progress: Progress = _quiet) -> dict:
+def translate_stage(profile: Profile, language: Language, preset: Preset, cfg: TranslateConfig = TranslateConfig(),
+                    progress: Progress = quiet) -> dict:
     from pea.data.translate import Translator, translate
     from pea.models.tiny import ensure_built, tiny_names
 
-    model_id = get_preset(profile.preset).translation_for(language)
+    model_id = preset.translation_for(language)
 
     def load():
         source = str(ensure_built(model_id, profile.model_cache)) if model_id in tiny_names() else model_id
@@ -85,14 +80,15 @@ def translate_stage(profile: Profile, language: Language, cfg: TranslateConfig =
     return translate(profile.storage(), language.code, language.translation.code, model_id, load, progress)
 
 
-def bucket_stage(profile: Profile, language: Language, cfg: BucketConfig | None = None, progress: Progress = _quiet) -> dict:
+def bucket_stage(profile: Profile, language: Language, preset: Preset, cfg: BucketConfig | None = None,
+                 progress: Progress = quiet) -> dict:
     from pea.data.shards import bucket
 
-    cfg = cfg or bucket_config(language, get_preset(profile.preset))
+    cfg = cfg or bucket_config(language, preset)
     return bucket(profile.storage(), language.code, cfg, progress)
 
 
-def cache_stage(profile: Profile, language: Language, batch_size: int = 32, progress: Progress = _quiet) -> dict:
+def cache_stage(profile: Profile, language: Language, preset: Preset, batch_size: int, progress: Progress = quiet) -> dict:
     """On a GPU the frozen models run in half precision (the VAE as precision.vae_dtype says) and a batch
     is at most what fits at the language's bucket side; on a CPU everything stays fp32 at `batch_size`."""
     import torch
@@ -103,7 +99,6 @@ def cache_stage(profile: Profile, language: Language, batch_size: int = 32, prog
     from pea.models.loading import load_frozen_pipeline
     from pea.models.precision import cache_batch_size
 
-    preset = get_preset(profile.preset)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_frozen_pipeline(preset, profile.model_cache, device, unet=None)  # features need no UNet
     student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)

@@ -5,30 +5,36 @@ instead of MLflow's default ./mlruns in whatever folder the command ran from."""
 TRAIN_RUN_TAG = "pea.train_run"
 
 
+def client(tracking_uri: str):
+    """The one way pea talks to MLflow: tracking and registry on the same URI (a bare MlflowClient(uri) would read
+    the registry from the default ./mlflow.db of whatever folder the command runs in)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
 def experiment_name(lang: str) -> str:
-    return f"pea-{lang}"
+    from pea.names import model_name
+
+    return model_name(lang)
 
 
 def experiment_id(tracking_uri: str, artifact_root: str | None, lang: str) -> str:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    mlflow = client(tracking_uri)
     name = experiment_name(lang)
-    experiment = client.get_experiment_by_name(name)
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def find_train_run(tracking_uri: str, lang: str, run_name: str):
     """The MLflow run of training job `run_name`, or None."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name(lang))
+    mlflow = client(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name(lang))
     if experiment is None:
         return None
-    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TRAIN_RUN_TAG}` = '{run_name}'",
+    found = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`{TRAIN_RUN_TAG}` = '{run_name}'",
                                max_results=1)
     return found[0] if found else None

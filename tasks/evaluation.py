@@ -8,30 +8,32 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from pea.evaluate.config import EvalConfig, GateConfig
 from pea.evaluate.stage import evaluate_stage, register_stage
 from pea.languages import Language
+from pea.names import model_name
+from pea.presets import Preset
 from pea.profiles import Profile
 from tasks.data import CACHE
 
 
 @task(name="evaluate", **CACHE)
-def evaluate_adapter(profile: Profile, language: Language, run_name: str, cfg: EvalConfig) -> dict:
-    log, steps = get_run_logger(), {"done": 0}
+def evaluate_adapter(profile: Profile, language: Language, preset: Preset, run_name: str, cfg: EvalConfig) -> dict:
+    log = get_run_logger()
     artifact = create_progress_artifact(0.0, description=f"evaluating {run_name}")
 
-    def progress(message: str) -> None:
+    def progress(message: str, fraction: float | None = None) -> None:
         log.info(message)
-        if message.startswith("  "):  # one line per (set, system) scored; at most 7 of them
-            steps["done"] += 1
-            update_progress_artifact(artifact, min(100.0, steps["done"] * 100 / 7))
+        if fraction is not None:
+            update_progress_artifact(artifact, 100.0 * fraction)
 
-    summary = evaluate_stage(profile, language, run_name, cfg, progress)
+    summary = evaluate_stage(profile, language, preset, run_name, cfg, progress)
     update_progress_artifact(artifact, 100.0)
     return summary
 
 
 @task(name="register", retries=3, retry_delay_seconds=[5, 30, 120])
-def register_adapter(profile: Profile, language: Language, run_name: str, gate: GateConfig, summary: dict) -> dict:
-    outcome = register_stage(profile, language, run_name, gate)
-    create_markdown_artifact(key=f"pea-{language.code}-evaluation", markdown=markdown(summary, outcome),
+def register_adapter(profile: Profile, language: Language, preset: Preset, run_name: str, gate: GateConfig,
+                     summary: dict) -> dict:
+    outcome = register_stage(profile, language, preset, run_name, gate)
+    create_markdown_artifact(key=f"{model_name(language.code)}-evaluation", markdown=markdown(summary, outcome),
                              description=f"{outcome['model']} v{outcome['version']}: evaluation and gate")
     return outcome
 

@@ -12,11 +12,12 @@ from dataclasses import asdict
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from pea import names
 from pea.languages import Language
+from pea.presets import Preset
 from pea.profiles import Profile
 from pea.tracking import find_train_run
-from pea.train.config import TrainConfig
-from pea.train.run import default_run_name
+from pea.train.config import TrainConfig, TrainSwitches
 from pea.train.run import train_adapter as train
 from tasks.data import CACHE
 
@@ -50,13 +51,15 @@ def training_progress(profile: Profile, lang: str, run_name: str, steps: int) ->
         thread.join()
 
 
-@task(name="train", **CACHE)
-def train_adapter(profile: Profile, language: Language, cfg: TrainConfig, features: dict) -> dict:
-    run_name = cfg.run_name or default_run_name(language.code, profile.preset)
+@task(name="train", **(CACHE | {"cache_policy": CACHE["cache_policy"] - "switches"}))
+def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig, features: dict,
+                  switches: TrainSwitches = TrainSwitches()) -> dict:
+    """`switches` (progress display, test hooks) are left out of the cache key: they do not change the result."""
+    run_name = cfg.run_name or names.run_name(language.code, preset.name)
     with training_progress(profile, language.code, run_name, cfg.steps):
-        result = train(profile, language, cfg)
+        result = train(profile, language, preset, cfg, switches)
     create_markdown_artifact(
-        key=f"pea-{language.code}-training", description="the training job",
+        key=f"{names.model_name(language.code)}-training", description="the training job",
         markdown=f"**{result.run_name}**: {result.steps} steps, adapter at `{result.adapter_uri}`, "
                  f"MLflow run `{result.mlflow_run_id}`")
     return asdict(result)

@@ -20,7 +20,7 @@ class CliResult:
 @pytest.fixture
 def pea_cli(monkeypatch, capsys):
     """Run the `pea` entry point in this process (the stack is imported once per test session)."""
-    from pea.cli import main
+    from flows.cli import main
 
     def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> CliResult:
         for key, value in (env or {}).items():

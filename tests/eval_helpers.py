@@ -11,8 +11,8 @@ from pea.presets import get_preset
 from pea.tracking import TRAIN_RUN_TAG, experiment_id
 
 
-def fake_training_run(profile, lang: str, run_name: str, seed: int, scratch) -> str:
-    language, preset = get_language(lang), get_preset(profile.preset)
+def fake_training_run(profile, preset_name: str, lang: str, run_name: str, seed: int, scratch) -> str:
+    language, preset = get_language(lang), get_preset(preset_name)
     spec = preset.student_for(language)
     torch.manual_seed(seed)
     adapter = PEAAdapter(AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim,

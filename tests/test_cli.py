@@ -9,14 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pea(*args, **kw):
-    code = "import sys; from pea.cli import main; sys.argv = ['pea', *sys.argv[1:]]; main()"
+    code = "import sys; from flows.cli import main; sys.argv = ['pea', *sys.argv[1:]]; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, **kw)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["languages"], ["presets"]])
 def test_light_commands_do_not_import_torch(args):
     code = (
-        "import sys; from pea.cli import app\n"
+        "import sys; from flows.cli import app\n"
         f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'prefect' not in sys.modules, 'prefect imported'\n"
@@ -36,7 +36,8 @@ def test_languages_table_lists_every_code():
     "args, words",
     [
         (["train-language", "--lang", "xx"], ["unknown language 'xx'", "ko"]),
-        (["train-language", "--lang", "ko", "--preset", "sd3"], ["unknown preset 'sd3'", "tiny-sdxl"]),
+        (["train-language", "--lang", "ko", "--preset", "sd3"], ["preset 'sd3' is not valid", "tiny-sdxl"]),
+        (["train-language", "--lang", "ko", "--method", "tkdd"], ["train.method 'tkdd'", "ukd"]),
         (["profile", "--profile", "nope"], ["unknown profile 'nope'", "cluster"]),
     ],
 )
@@ -61,8 +62,10 @@ def test_unreachable_mlflow_from_the_environment_fails_clearly(pea_cli):
     assert "unreachable" in result.err
 
 
-def test_the_library_never_imports_prefect():
-    for path in (ROOT / "pea").rglob("*.py"):
+@pytest.mark.parametrize("layer, forbidden", [("pea", {"prefect", "flows", "tasks"}), ("tasks", {"flows"})])
+def test_data_flows_one_way_flows_tasks_pea(layer, forbidden):
+    """pea/ is the library (no Prefect, no tasks or flows); tasks/ wrap pea/ and never reach the flows."""
+    for path in (ROOT / layer).rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []
@@ -70,4 +73,4 @@ def test_the_library_never_imports_prefect():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            assert not any(n.split(".")[0] == "prefect" for n in names), f"{path} imports prefect"
+            assert not any(n.split(".")[0] in forbidden for n in names), f"{path} imports {names}"

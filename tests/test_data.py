@@ -10,7 +10,8 @@ from PIL import Image
 
 from data_helpers import image_bytes, make_folder
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
-from pea.data.cache import cache_features, features_dir, load_null
+from pea.data.cache import cache_features, load_null
+from pea.layout import features_dir
 from pea.data.harvest import HarvestConfig, harvest
 from pea.data.loader import BucketBatchLoader
 from pea.data.records import features_batch, image_batch

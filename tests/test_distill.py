@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from pea.adapter import AdapterConfig, Conditioning, PEAAdapter
+from pea.adapter import AdapterConfig, PEAAdapter
 from pea.distill import (ABLATIONS, HookedUNet, KDConfig, NonFiniteLossError, add_noise, diffusion_target, dropout_rows,
                          kd_step, student_conditioning, training_scheduler)
 from pea.features import FeatureExtractor
+from pea.kd_types import Conditioning
 from pea.languages import get_language
 from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline

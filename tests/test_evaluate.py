@@ -17,13 +17,16 @@ from pea.languages import get_language
 from pea.models.loading import load_pipeline
 from pea.presets import get_preset
 from pea.profiles import load_profile
-from pea.registry import CHAMPION, _client, _tracking, model_name, version_by_alias
+from pea.names import model_name
+from pea.registry import CHAMPION, _tracking, version_by_alias
+from pea.tracking import client as registry_client
 from tests.browser import chromium, render
 from tests.eval_helpers import fake_training_run
 from tests.servers import mlflow_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 KO = get_language("ko")
+TINY = get_preset("tiny-sdxl")
 CFG = EvalConfig(max_prompts=3, steps=2, batch_size=4, report_prompts=2)
 
 
@@ -31,20 +34,20 @@ CFG = EvalConfig(max_prompts=3, steps=2, batch_size=4, report_prompts=2)
 def world(tmp_path_factory, model_cache):
     """Two evaluated runs: run-a registered first (champion), run-b evaluated against it and registered."""
     root = tmp_path_factory.mktemp("eval")
-    env = {"PEA_PRESET": "tiny-sdxl", "PEA_DATA_DIR": str(root / "data")}
+    env = {"PEA_DATA_DIR": str(root / "data")}
     profile = load_profile("local", env=env, cwd=root)
     profile = profile.model_copy(update={"data_dir": root / "data"})
     # the tiny models are shared with the rest of the session
     (root / "data").mkdir()
     (root / "data" / "models").symlink_to(model_cache, target_is_directory=True)
     scratch = root / "scratch"
-    fake_training_run(profile, "ko", "run-a", 0, scratch)
-    first = evaluate_stage(profile, KO, "run-a", CFG)
-    reg_a = register_stage(profile, KO, "run-a")
-    again = register_stage(profile, KO, "run-a")
-    fake_training_run(profile, "ko", "run-b", 1, scratch)
-    second = evaluate_stage(profile, KO, "run-b", CFG)
-    reg_b = register_stage(profile, KO, "run-b", GateConfig(tolerance=0.05))
+    fake_training_run(profile, "tiny-sdxl", "ko", "run-a", 0, scratch)
+    first = evaluate_stage(profile, KO, TINY, "run-a", CFG)
+    reg_a = register_stage(profile, KO, TINY, "run-a")
+    again = register_stage(profile, KO, TINY, "run-a")
+    fake_training_run(profile, "tiny-sdxl", "ko", "run-b", 1, scratch)
+    second = evaluate_stage(profile, KO, TINY, "run-b", CFG)
+    reg_b = register_stage(profile, KO, TINY, "run-b", GateConfig(tolerance=0.05))
     return {"profile": profile, "env": env, "root": root, "first": first, "second": second, "reg_a": reg_a,
             "again": again, "reg_b": reg_b, "scratch": scratch}
 
@@ -96,7 +99,7 @@ def test_the_report_shows_prompts_images_metrics_and_curves(world):
 def test_the_first_version_is_champion_and_registering_again_adds_nothing(world):
     assert world["reg_a"]["version"] == "1" and world["reg_a"]["promoted"] and world["reg_a"]["new_version"]
     assert world["again"]["version"] == "1" and not world["again"]["new_version"]
-    client = _client(world["profile"].mlflow_tracking_uri)
+    client = registry_client(world["profile"].mlflow_tracking_uri)
     assert len(client.search_model_versions("name = 'pea-ko'")) == 2
 
 
@@ -109,7 +112,7 @@ def test_the_second_version_is_challenger_and_the_gate_decided_from_the_numbers(
     assert reg["promoted"] == expected.promote and reg["reason"] == expected.reason
     assert str(version_by_alias(uri, "ko", "challenger").version) == "2"
     assert str(version_by_alias(uri, "ko", CHAMPION).version) == ("2" if expected.promote else "1")
-    tags = _client(uri).get_model_version(model_name("ko"), "2").tags
+    tags = registry_client(uri).get_model_version(model_name("ko"), "2").tags
     assert tags["pea.gate.reason"] == expected.reason and tags["pea.base_model"] == "tiny-sdxl"
     assert tags["pea.student_encoder"] == "tiny-byt5" and tags["pea.data_digest"] == "digest-1"
     assert tags["pea.code_revision"] == "rev0" and float(tags["pea.primary_value"]) > 0
@@ -125,11 +128,11 @@ def test_pea_models_lists_versions_aliases_and_primary_metrics(world, pea_cli):
 
 
 def test_generate_loads_the_champion_from_the_registry(world, pea_cli, tmp_path):
-    out = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", "models:/pea-ko@champion", "--steps", "2",
+    out = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", "models:/pea-ko@champion", "--steps", "2", "--preset", "tiny-sdxl",
                   "--out", str(tmp_path / "x.png"), env=world["env"], cwd=world["root"])
     assert out.code == 0, out.err
     assert (tmp_path / "x.png").stat().st_size > 0
-    missing = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", "models:/pea-ko@nope",
+    missing = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", "models:/pea-ko@nope", "--preset", "tiny-sdxl",
                       "--out", str(tmp_path / "y.png"), env=world["env"], cwd=world["root"])
     assert missing.code == 2 and "does not exist in the registry" in missing.err
 
@@ -146,14 +149,14 @@ def test_the_registered_pyfunc_gives_prompt_embeddings(world):
 
 def test_a_champion_whose_artifacts_are_gone_is_kept_with_the_reason(world):
     profile = world["profile"]
-    client = _client(profile.mlflow_tracking_uri)
+    client = registry_client(profile.mlflow_tracking_uri)
     champion = version_by_alias(profile.mlflow_tracking_uri, "ko", CHAMPION)
     source = client.get_model_version_download_uri(model_name("ko"), champion.version)
     shutil.rmtree(source.removeprefix("file://"))
-    fake_training_run(profile, "ko", "run-c", 2, world["scratch"])
-    summary = evaluate_stage(profile, KO, "run-c", CFG)
+    fake_training_run(profile, "tiny-sdxl", "ko", "run-c", 2, world["scratch"])
+    summary = evaluate_stage(profile, KO, TINY, "run-c", CFG)
     assert "champion" not in summary["metrics"] and "could not be evaluated" in summary["notes"][0]
-    reg = register_stage(profile, KO, "run-c")
+    reg = register_stage(profile, KO, TINY, "run-c")
     assert not reg["promoted"] and "could not be evaluated" in reg["reason"]
     assert version_by_alias(profile.mlflow_tracking_uri, "ko", CHAMPION).version == champion.version
     metrics = json.loads(profile.storage().read_bytes("ko", "eval", "run-c", "metrics.json"))

@@ -1,17 +1,22 @@
-"""The `pea` flow in-process on tiny-sdxl with toy-world data: every stage, then a second run that skips the
-finished data stages (Prefect cache), trains a new candidate, registers a second version and lets the gate
-decide; bad parameters are refused before any work."""
+"""The `pea` flow in-process on tiny-sdxl with toy-world data: every stage, then a second run (another training
+method, set through the run config) that skips the finished data stages (Prefect cache), trains a new candidate
+with that method, registers a second version and lets the gate decide; bad parameters are refused before any
+work."""
 
 import pytest
+from gate_helpers import expected_decision
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
 from pea.adapter import load_adapter
-from pea.registry import _client
+from pea.evaluate.config import GateConfig
+from pea.tracking import client as mlflow_client
+from pea.tracking import find_train_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-ARGS = dict(lang="ko", steps=10, eval_prompts=2, eval_steps=2, toy_samples=120)
+SMALL = {"preset": "tiny-sdxl", "train": {"steps": 10}, "eval": {"max_prompts": 2, "steps": 2}, "data": {"toy_samples": 120}}
+UKD = SMALL | {"train": {"steps": 10, "method": "ukd"}}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +38,9 @@ def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(harness, 
     from pea.profiles import load_profile
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PEA_PRESET", "tiny-sdxl")
     try:
-        first = pea(**ARGS, return_state=True)
-        second = pea(**ARGS, return_state=True)
+        first = pea(lang="ko", config=SMALL, return_state=True)
+        second = pea(lang="ko", config=UKD, return_state=True)
     finally:
         ray.shutdown()
     assert first.is_completed() and second.is_completed(), (first.message, second.message)
@@ -46,14 +50,23 @@ def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(harness, 
     states = _task_states(second.state_details.flow_run_id)
     assert {states[s] for s in ("translate", "bucket", "cache")} == {"Cached"}, states
     assert states["train"] == "Completed"
-    profile = load_profile("local", env={"PEA_PRESET": "tiny-sdxl"}, cwd=tmp_path)
+    profile = load_profile("local", env={}, cwd=tmp_path)
+    methods = [find_train_run(profile.mlflow_tracking_uri, "ko", r["run_name"]).data.params["train.method"] for r in (one, two)]
+    assert methods == ["pea", "ukd"]  # the run config's method is what trained
     storage = profile.storage()
     assert storage.read_json("ko", "shards", "manifest.json")["samples"] == 120
     assert load_adapter(tmp_path / "pea-data" / "storage" / "ko" / "adapters" / two["run_name"]).config.language == "ko"
     assert storage.glob("ko", "train", two["run_name"], "checkpoint_*")
-    version = _client(profile.mlflow_tracking_uri).get_model_version("pea-ko", "2")
-    assert version.tags["pea.gate.decision"] in ("promoted", "kept champion")
-    assert version.tags["pea.gate.reason"] == two["reason"]
+    registry = mlflow_client(profile.mlflow_tracking_uri)
+    version = registry.get_model_version("pea-ko", "2")
+    # the second evaluation compared against v1; the gate (the flow's default tolerance) must have decided what
+    # pea.gate.decide says on the numbers that evaluation recorded, and the champion alias must follow it
+    assert storage.read_json("ko", "eval", two["run_name"], "metrics.json")["champion_version"] == "1"
+    expected = expected_decision(registry, version, GateConfig())
+    assert expected.numbers.keys() >= {"candidate_primary", "champion_primary"}, expected  # a real comparison
+    assert {k: version.tags.get(k) for k in expected.tags()} == expected.tags()
+    assert two["promoted"] == expected.promote and two["reason"] == expected.reason == version.tags["pea.gate.reason"]
+    assert str(registry.get_model_version_by_alias("pea-ko", "champion").version) == ("2" if expected.promote else "1")
     with get_client(sync_client=True) as client:
         progress = {a.description: a.data for a in client.read_artifacts() if a.type == "progress"}
     assert progress[f"training {two['run_name']}"] == 100.0 and progress[f"evaluating {two['run_name']}"] == 100.0
@@ -63,17 +76,25 @@ def test_bad_parameters_are_refused_before_any_work(harness, tmp_path, monkeypat
     from flows.pea_flow import pea
 
     monkeypatch.chdir(tmp_path)
-    for bad, words in (({"lang": "xx"}, ["lang", "ko", "zh"]), ({"lang": "ko", "steps": -1}, ["steps", "greater than 0"])):
+    for bad, words in (({"lang": "xx"}, ["lang", "ko", "zh"]),
+                       ({"lang": "ko", "config": {"train": {"steps": -1}}}, ["steps", "greater than 0"]),
+                       ({"lang": "ko", "config": {"train": {"method": "kd"}}}, ["method", "ukd"]),
+                       ({"lang": "ko", "config": {"preset": "sd3"}}, ["preset", "tiny-sdxl"])):
         state = pea(**bad, return_state=True)
         assert state.is_failed() and all(w in state.message for w in words), state.message
     assert not (tmp_path / "pea-data").exists()
 
 
 def test_a_failing_stage_fails_the_flow_with_its_own_message(harness, tmp_path, monkeypatch):
+    """Bad input (a missing folder) fails at once: harvest retries only what may pass on a second try."""
+    import time
+
     from flows.pea_flow import pea
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PEA_PRESET", "tiny-sdxl")
+    start = time.monotonic()
     gone = tmp_path / "gone"
-    state = pea(lang="ko", sources=[{"name": "gone", "kind": "folder", "uri": str(gone)}], return_state=True)
+    sources = [{"name": "gone", "kind": "folder", "uri": str(gone)}]
+    state = pea(lang="ko", config={"preset": "tiny-sdxl", "data": {"sources": sources}}, return_state=True)
     assert state.is_failed() and f"source folder {gone} does not exist" in state.message, state.message
+    assert time.monotonic() - start < 60  # no 10 + 60 + 300 s of retry backoff

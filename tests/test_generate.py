@@ -21,7 +21,7 @@ def adapter_dir(tmp_path_factory):
 def test_generate_writes_a_png(adapter_dir, tmp_path, pea_cli):
     out = tmp_path / "out.png"
     result = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", str(adapter_dir), "--out", str(out),
-                     "--steps", "2", env={"PEA_DATA_DIR": str(tmp_path), "PEA_PRESET": "tiny-sdxl"})
+                     "--steps", "2", "--preset", "tiny-sdxl", env={"PEA_DATA_DIR": str(tmp_path)})
     assert result.code == 0, result.err
     assert f"wrote {out}" in result.out
     assert Image.open(out).size == (32, 32)
@@ -37,8 +37,8 @@ def test_generate_writes_a_png(adapter_dir, tmp_path, pea_cli):
     ],
 )
 def test_generate_bad_input(adapter_dir, tmp_path, args, words, pea_cli):
-    env = {"PEA_DATA_DIR": str(tmp_path), "PEA_PRESET": "tiny-sdxl"}
-    result = pea_cli("generate", *args, "--adapter", str(adapter_dir), env=env, cwd=tmp_path)
+    env = {"PEA_DATA_DIR": str(tmp_path)}
+    result = pea_cli("generate", *args, "--adapter", str(adapter_dir), "--preset", "tiny-sdxl", env=env, cwd=tmp_path)
     assert result.code == 2 and "Traceback" not in result.err
     for w in words:
         assert w in result.err

@@ -13,10 +13,11 @@ from diffusers import (
 )
 from PIL import Image
 
-from pea.adapter import AdapterConfig, Conditioning, PEAAdapter
+from pea.adapter import AdapterConfig, PEAAdapter
 from pea.conditioning import StudentConditioner, TeacherConditioner
 from pea.errors import PeaError
 from pea.inference import PEAPipeline
+from pea.kd_types import Conditioning
 from pea.languages import EncoderSpec, get_language
 from pea.models.encoders import TextEncoder
 from pea.models.loading import load_pipeline, pipeline_source

@@ -177,12 +177,12 @@ def test_on_a_cpu_the_frozen_pipeline_stays_fp32(model_cache):
 
 def test_the_cache_stage_on_a_cpu_keeps_fp32_features_and_the_given_batch(tmp_path, monkeypatch):
     ko = get_language("ko")
-    env = {"PEA_DATA_DIR": str(tmp_path / "data"), "PEA_PRESET": "tiny-sd15"}
-    profile = load_profile("local", env=env, cwd=tmp_path)
+    env = {"PEA_DATA_DIR": str(tmp_path / "data")}
+    profile, tiny = load_profile("local", env=env, cwd=tmp_path), get_preset("tiny-sd15")
     harvest_stage(profile, ko, SourceSpec(name="local", kind="folder", uri=str(make_folder(tmp_path / "imgs", n=6))))
     translate(profile.storage(), "ko", "kor_Hang", "none", lambda: None)
-    bucket_stage(profile, ko)
+    bucket_stage(profile, ko, tiny)
     batches = []
     monkeypatch.setattr("pea.data.cache.cache_features", lambda *a, **kw: batches.append(kw) or {})
-    cache_stage(profile, ko, batch_size=3)
+    cache_stage(profile, ko, tiny, batch_size=3)
     assert batches[0]["batch_size"] == 3 and batches[0]["dtype"] == torch.float32

@@ -11,14 +11,14 @@ def test_local_profile_defaults_live_under_the_data_dir(tmp_path):
     assert prof.data_dir == tmp_path / "pea-data"
     assert prof.storage_root == str(tmp_path / "pea-data" / "storage")
     assert prof.mlflow_tracking_uri == f"sqlite:///{tmp_path}/pea-data/mlflow.db"
-    assert prof.ray.address is None and prof.preset == "toy"
+    assert prof.ray.address is None and not prof.ray.use_gpu
 
 
-def test_cluster_profile_points_at_s3_a_server_and_a_real_preset():
+def test_cluster_profile_points_at_s3_a_server_and_gpus():
     prof = load_profile("cluster", env={})
     assert prof.storage_root.startswith("s3://")
     assert prof.mlflow_tracking_uri.startswith("http")
-    assert prof.preset == "sdxl" and prof.ray.use_gpu
+    assert prof.ray.use_gpu and prof.ray.address.startswith("ray://")
 
 
 def test_environment_overrides_nested_fields(tmp_path):
@@ -35,7 +35,7 @@ def test_mistyped_value_names_the_field_and_its_variable(tmp_path):
 
 def test_missing_field_in_a_profile_file(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("name: mine\ndata_dir: .\nstorage_root: x\npreset: tiny-sdxl\n")
+    path.write_text("name: mine\ndata_dir: .\nstorage_root: x\n")
     with pytest.raises(PeaError) as e:
         load_profile(str(path), env={})
     assert "'mlflow_tracking_uri' is missing" in e.value.problem
@@ -43,7 +43,7 @@ def test_missing_field_in_a_profile_file(tmp_path):
 
 def test_unknown_field_in_a_profile_file(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("name: m\ndata_dir: .\nstorage_root: x\npreset: tiny-sdxl\nmlflow_tracking_uri: sqlite:///m.db\nstorag: y\n")
+    path.write_text("name: m\ndata_dir: .\nstorage_root: x\nmlflow_tracking_uri: sqlite:///m.db\nstorag: y\n")
     with pytest.raises(PeaError) as e:
         load_profile(str(path), env={})
     assert "'storag' is not a profile field" in e.value.problem

@@ -1,6 +1,9 @@
 """A small toy world builds, loads through the preset's own paths, is cached by digest and rebuilds bit for bit."""
 
+import random
+
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
@@ -9,32 +12,46 @@ from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.presets import get_preset
 from pea.toy.build import ToyConfig, build_toy, digest, ensure_toy, load_judge
+from pea.toy.judge import to_tensor
+from pea.toy.world import general_scenes, render
 
 SMALL = ToyConfig(images=256, batch=16, vae_steps=5, teacher_steps=5, student_steps=5, judge_steps=5)
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_small_world_loads_through_the_toy_presets_paths(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """The small world built once, by digest, into a model cache of its own: (cache, folder)."""
+    cache = tmp_path_factory.mktemp("models")
+    return cache, ensure_toy(cache, SMALL)
+
+
+def test_a_small_world_loads_through_the_toy_presets_paths(small_world, monkeypatch):
     import pea.models.loading as loading
 
-    folder = ensure_toy(tmp_path, SMALL)
+    cache, folder = small_world
     assert folder.name == f"toy-{digest(SMALL)}"
     monkeypatch.setattr(loading, "_built", lambda name, cache: folder / (
         "teacher" if name == "toy" else f"student-{name.removeprefix('toy-student-')}"))
     preset = get_preset("toy")
-    pipe = load_pipeline(preset, tmp_path)
+    pipe = load_pipeline(preset, cache)
     assert isinstance(pipe, StableDiffusionPipeline) and pipe.unet.config.cross_attention_dim == preset.context_dim
     for lang in ("ko", "zh", "ja", "ru", "it"):
-        student = load_text_encoder(preset.student_for(get_language(lang)), tmp_path)
+        student = load_text_encoder(preset.student_for(get_language(lang)), cache)
         assert student.encode(["x"]).states.shape[-1] == 64
-    assert load_judge(folder).score is not None
+    judge, saved = load_judge(folder), load_file(folder / "judge.safetensors")
+    loaded = judge.state_dict()  # the saved judge's weights, every one of them, ready to score (eval mode)
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    scenes = general_scenes()[:8]
+    scores = judge.score(to_tensor([render(s, random.Random(i)) for i, s in enumerate(scenes)]), scenes)
+    assert not judge.training and scores.shape == (8,) and ((scores > 0) & (scores < 1)).all()
     mtime = (folder / "config.json").stat().st_mtime_ns
-    assert ensure_toy(tmp_path, SMALL) == folder and (folder / "config.json").stat().st_mtime_ns == mtime
+    assert ensure_toy(cache, SMALL) == folder and (folder / "config.json").stat().st_mtime_ns == mtime
 
 
-def test_the_build_is_bit_for_bit_repeatable(tmp_path):
-    a = build_toy(tmp_path / "a", SMALL)
+def test_the_build_is_bit_for_bit_repeatable(small_world, tmp_path):
+    a = small_world[1]  # built by ensure_toy, i.e. build_toy, earlier in this process
     b = build_toy(tmp_path / "b", SMALL)
     for part in ("teacher/unet/diffusion_pytorch_model.safetensors", "teacher/text_encoder/model.safetensors",
                  "student-ko/model.safetensors", "judge.safetensors"):

@@ -14,10 +14,7 @@ from pea.data.tars import iter_samples, write_shard
 from pea.errors import PeaError
 from pea.features import FeatureExtractor
 from pea.storage import Storage
-
-
-def features_dir(lang: str, preset: str) -> tuple[str, ...]:
-    return (lang, "features", preset)
+from pea.layout import features_dir, shards_dir
 
 
 def cache_features(
@@ -29,7 +26,7 @@ def cache_features(
     dtype: torch.dtype = torch.float16,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict:
-    shards_manifest = storage.read_json(lang, "shards", "manifest.json")
+    shards_manifest = storage.read_json(*shards_dir(lang), "manifest.json")
     out = features_dir(lang, preset)
     null = extractor.null()
     storage.write_bytes(save({
@@ -51,8 +48,8 @@ def cache_features(
 
 
 def _cache_shard(storage, lang, path, extractor, batch_size, dtype) -> bytes:
-    with storage.open(lang, "shards", *path.split("/")) as f:
-        samples = list(iter_samples(f, storage.uri(lang, "shards", path)))
+    with storage.open(*shards_dir(lang), *path.split("/")) as f:
+        samples = list(iter_samples(f, storage.uri(*shards_dir(lang), path)))
     out = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
@@ -75,7 +72,7 @@ def _cache_shard(storage, lang, path, extractor, batch_size, dtype) -> bytes:
 def load_null(storage: Storage, lang: str, preset: str):
     from safetensors.torch import load
 
-    from pea.distill import NullConditioning
+    from pea.kd_types import NullConditioning
 
     t = load(storage.read_bytes(*features_dir(lang, preset), "null.safetensors"))
     if "zeros" in t:

@@ -18,6 +18,7 @@ from pea.data.sources import SourceSpec, read_metadata
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.errors import PeaError
 from pea.storage import Storage
+from pea.layout import raw_dir
 
 KEPT_COLUMNS = ["native", "english", "culture"]  # img2dataset records width and height itself
 
@@ -34,10 +35,6 @@ class HarvestConfig(BaseModel):
     max_aspect_ratio: float = 4.0
     samples_per_shard: int = 10000
     distributor: Literal["multiprocessing", "ray", "pyspark"] = "multiprocessing"
-
-
-def raw_dir(lang: str, source: str) -> tuple[str, ...]:
-    return (lang, "raw", source)
 
 
 def harvest(storage: Storage, lang: str, source: SourceSpec, cfg: HarvestConfig = HarvestConfig()) -> dict:

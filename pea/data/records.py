@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load as load_tensors
 
-from pea.distill import KDBatch
+from pea.kd_types import KDBatch
 
 
 def time_ids(meta: dict) -> list[float]:

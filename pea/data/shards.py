@@ -16,6 +16,7 @@ from PIL import Image
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.storage import Storage
+from pea.layout import captions_dir, raw_dir, shards_dir
 
 
 
@@ -27,18 +28,18 @@ def bucket(
     after_input: Callable[[str], None] = lambda name: None,
 ) -> dict:
     buckets = make_buckets(cfg)
-    for table_path in storage.glob(lang, "captions", "*", "*.parquet"):
+    for table_path in storage.glob(*captions_dir(lang, "*", "*.parquet")):
         source, stem = table_path.split("/")[-2], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
         name = f"{source}-{stem}"
-        if storage.exists(lang, "shards", "_done", f"{name}.json"):
+        if storage.exists(*shards_dir(lang), "_done", f"{name}.json"):
             continue
         captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(table_path))).to_pylist()}
         done = _bucket_one(storage, lang, cfg, buckets, source, stem, captions)
-        storage.write_json(done, lang, "shards", "_done", f"{name}.json")
+        storage.write_json(done, *shards_dir(lang), "_done", f"{name}.json")
         progress(f"bucketed {source}/{stem}: {done['kept']} kept, {sum(done['dropped'].values())} dropped")
         after_input(name)
     manifest = _manifest(storage, lang, cfg)
-    storage.write_json(manifest, lang, "shards", "manifest.json")
+    storage.write_json(manifest, *shards_dir(lang), "manifest.json")
     return manifest
 
 
@@ -51,11 +52,11 @@ def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
         if samples:
             data = write_shard(samples)
             path = f"{b[0]}x{b[1]}/{source}-{stem}-{len([w for w in written if w['bucket'] == list(b)]):04d}.tar"
-            storage.write_bytes(data, lang, "shards", *path.split("/"))
+            storage.write_bytes(data, *shards_dir(lang), *path.split("/"))
             written.append({"path": path, "bucket": list(b), "samples": len(samples),
                             "sha256": hashlib.sha256(data).hexdigest()})
 
-    raw = (lang, "raw", source, f"{stem}.tar")
+    raw = raw_dir(lang, source, f"{stem}.tar")
     with storage.open(*raw) as f:
         for sample in iter_samples(f, storage.uri(*raw)):
             row = captions.get(sample["__key__"])
@@ -100,7 +101,7 @@ def _decode(sample: dict) -> Image.Image | None:
 
 def _manifest(storage: Storage, lang: str, cfg: BucketConfig) -> dict:
     shards, dropped, per_bucket = [], {}, {}
-    for marker in storage.glob(lang, "shards", "_done", "*.json"):
+    for marker in storage.glob(*shards_dir(lang), "_done", "*.json"):
         done = json.loads(storage.read_bytes(marker))
         shards += done["shards"]
         for reason, n in done["dropped"].items():

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pea.data.tars import iter_samples
 from pea.storage import Storage
+from pea.layout import captions_dir, raw_dir, translation_cache
 
 ENGLISH_CODE = "eng_Latn"  # NLLB's code; tokenizers without language codes ignore it
 CAPTIONS = pa.schema([("key", pa.string()), ("native", pa.string()), ("english", pa.string()),
@@ -67,7 +68,7 @@ class TranslationCache:
     def __init__(self, storage: Storage, model_id: str):
         self.storage, self.model_id = storage, model_id
         self.entries: dict[str, str] = {}
-        for part in storage.glob("cache", "translation", "*.json"):
+        for part in storage.glob(*translation_cache("*.json")):
             self.entries.update(json.loads(storage.read_bytes(part)))
 
     def digest(self, text: str, src: str, tgt: str) -> str:
@@ -76,7 +77,7 @@ class TranslationCache:
     def add(self, new: dict[str, str]) -> None:
         if new:
             self.entries.update(new)
-            self.storage.write_json(new, "cache", "translation", f"part-{uuid.uuid4().hex}.json")
+            self.storage.write_json(new, *translation_cache(f"part-{uuid.uuid4().hex}.json"))
 
 
 def translate(
@@ -91,13 +92,13 @@ def translate(
     cache = TranslationCache(storage, model_id)
     get_translator = functools.cache(load_translator)
     totals = {"translated": 0, "cached": 0, "copied": 0}
-    for raw_manifest in storage.glob(lang, "raw", "*", "manifest.json"):
+    for raw_manifest in storage.glob(*raw_dir(lang, "*", "manifest.json")):
         source = raw_manifest.split("/")[-2]
         for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
-            out = (lang, "captions", source, shard.replace(".tar", ".parquet"))
+            out = captions_dir(lang, source, shard.replace(".tar", ".parquet"))
             if storage.exists(*out):
                 continue
-            rows = _read_captions(storage, (lang, "raw", source, shard))
+            rows = _read_captions(storage, raw_dir(lang, source, shard))
             for key, n in _fill(rows, lang_code, cache, get_translator).items():
                 totals[key] += n
             for r in rows:
@@ -108,12 +109,12 @@ def translate(
             pq.write_table(table, buf)
             storage.write_bytes(buf.getvalue(), *out)
             progress(f"translated {'/'.join(out)}")
-    tables = storage.glob(lang, "captions", "*", "*.parquet")
+    tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
     kinds = [k for t in tables for k in pq.read_table(io.BytesIO(storage.read_bytes(t)))["kind"].to_pylist()]
     manifest = {"model": model_id, "tables": tables,
                 "counts": {"parallel": kinds.count("parallel"), "culture": kinds.count("culture")},
                 "this_run": totals}
-    storage.write_json(manifest, lang, "captions", "manifest.json")
+    storage.write_json(manifest, *captions_dir(lang, "manifest.json"))
     return manifest
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from pea.evaluate.config import EvalConfig
 from pea.evaluate.prompts import EvalPrompt
 from pea.evaluate.suites import Suite
+from pea.progress import Progress, quiet
 
-Progress = Callable[[str], None]
 SYSTEMS = ("candidate", "champion", "teacher_en", "translate")
 
 
@@ -46,7 +46,7 @@ def _draw(call, texts: list[str], seeds: list[int], cfg: EvalConfig, device: str
 
 
 def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path,
-             progress: Progress = print, notes: list[str] | None = None) -> EvalResult:
+             progress: Progress = quiet, notes: list[str] | None = None) -> EvalResult:
     """`pipe` is the base diffusers pipeline; `candidate` and `champion` are PEAPipelines around it (champion
     may be None). Returns the mean of every metric per system."""
     from tqdm.auto import tqdm
@@ -59,6 +59,8 @@ def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path
     systems["teacher_en"] = lambda t, **kw: pipe(prompt=t, **kw)
     systems["translate"] = lambda t, **kw: pipe(prompt=t, **kw)
     metrics: dict[str, dict[str, float]] = {s: {} for s in systems}
+    units = [(set_name, system) for set_name in suite.sets for system in systems
+             if not (system == "teacher_en" and set_name != "mg")]  # one (set, system) scored per progress step
     for set_name, prompts in suite.sets.items():
         k_range = range(cfg.images_per_prompt)
         items = [(p, k) for p in prompts for k in k_range]
@@ -88,6 +90,7 @@ def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path
                     scores += scorer(images[start : start + cfg.batch_size], side[start : start + cfg.batch_size])
                 metrics[system][f"{set_name}_{scorer.name}"] = sum(scores) / len(scores)
             progress(f"  {set_name} {system}: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in metrics[system].items() if k.startswith(set_name)))
+                f"{k} {v:.3f}" for k, v in metrics[system].items() if k.startswith(set_name)),
+                fraction=(units.index((set_name, system)) + 1) / len(units))
     return EvalResult(metrics=metrics, prompts=dict(suite.sets), images=out, primary=suite.primary,
                       guard=suite.guard, notes=list(notes or []))

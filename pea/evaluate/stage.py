@@ -8,21 +8,18 @@ moves to it, and the gate decides from the evaluation's numbers whether `champio
 
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from pea import names, tracking
 from pea.errors import PeaError
 from pea.evaluate.config import EvalConfig, GateConfig
 from pea.languages import Language
-from pea.presets import Preset, get_preset
+from pea.presets import Preset
 from pea.profiles import Profile
+from pea.progress import Progress, quiet
+from pea.layout import adapter_dir, eval_dir
 
-Progress = Callable[[str], None]
 REPORT_FILES = ("index.html", "grid.png", "curves.png")
-
-
-def _quiet(msg: str) -> None:
-    pass
 
 
 def _train_run(profile: Profile, language: Language, run_name: str):
@@ -38,7 +35,7 @@ def _train_run(profile: Profile, language: Language, run_name: str):
 def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path) -> Path:
     """The run's final adapter as a local folder (copied down from S3 when the root is remote)."""
     storage = profile.storage()
-    parts = (language.code, "adapters", run_name)
+    parts = adapter_dir(language.code, run_name)
     if not storage.exists(*parts, "adapter.json"):
         raise PeaError(f"training run {run_name!r} has no final adapter under {storage.uri(*parts)}",
                        "let the training job finish (the same run name continues it)")
@@ -50,22 +47,21 @@ def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path
 
 def _champion(profile: Profile, language: Language, dst: Path) -> tuple[str | None, Path | None, str | None]:
     """(version, adapter folder, problem): the champion to compare against, if there is one."""
-    from pea.registry import CHAMPION, download_adapter, model_name, version_by_alias
+    from pea.registry import CHAMPION, download_adapter, version_by_alias
 
     version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION)
     if version is None:
         return None, None, None
     try:
-        folder = download_adapter(profile.mlflow_tracking_uri, model_name(language.code), version.version, dst)
+        folder = download_adapter(profile.mlflow_tracking_uri, names.model_name(language.code), version.version, dst)
     except PeaError as e:
         return version.version, None, e.problem
     return version.version, folder, None
 
 
 def _history(profile: Profile, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    from mlflow import MlflowClient
 
-    client = MlflowClient(profile.mlflow_tracking_uri)
+    client = tracking.client(profile.mlflow_tracking_uri)
     keys = client.get_run(run_id).data.metrics
     return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys
             if not k.startswith("eval.")}
@@ -81,20 +77,16 @@ def scoring_pipeline(preset: Preset, model_cache: Path, device: str):
     return freeze(load_pipeline(preset, model_cache, **no_checker)).to(device)
 
 
-def evaluate_stage(profile: Profile, language: Language, run_name: str | None = None, cfg: EvalConfig = EvalConfig(),
-                   progress: Progress = _quiet) -> dict:
+def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
+                   cfg: EvalConfig = EvalConfig(), progress: Progress = quiet) -> dict:
     import torch
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     from pea.evaluate.report import write_report
     from pea.evaluate.run import evaluate
     from pea.evaluate.suites import build_suite
     from pea.inference import PEAPipeline
-    from pea.train.run import default_run_name
-
-    preset = get_preset(profile.preset)
-    run_name = run_name or default_run_name(language.code, preset.name)
+    run_name = run_name or names.run_name(language.code, preset.name)
     run = _train_run(profile, language, run_name)
     storage = profile.storage()
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,34 +105,31 @@ def evaluate_stage(profile: Profile, language: Language, run_name: str | None = 
                  + (f" against champion v{champion_version}" if champion_dir else ""))
         result = evaluate(pipe, wrap(adapter), wrap(champion_dir) if champion_dir else None, suite, cfg,
                           tmp / "images", progress, notes)
-        title = f"pea-{language.code}: {run_name} ({preset.name})"
+        title = f"{names.model_name(language.code)}: {run_name} ({preset.name})"
         files = write_report(result, tmp / "report", title, _history(profile, run.info.run_id), cfg.report_prompts)
         summary = result.to_json() | {"run_name": run_name, "train_run_id": run.info.run_id, "preset": preset.name,
                                       "champion_version": str(champion_version) if champion_dir else None,
                                       "champion_problem": problem, "config": cfg.model_dump(mode="json")}
         for path in files.values():
-            storage.write_bytes(path.read_bytes(), language.code, "eval", run_name, path.name)
-        client = MlflowClient(profile.mlflow_tracking_uri)
+            storage.write_bytes(path.read_bytes(), *eval_dir(language.code, run_name), path.name)
+        client = tracking.client(profile.mlflow_tracking_uri)
         client.log_batch(run.info.run_id, metrics=[Metric(f"eval.{system}.{k}", v, 0, 0)
                                                    for system, m in result.metrics.items() for k, v in m.items()])
         client.log_artifacts(run.info.run_id, str(tmp / "report"), artifact_path="report")
-        storage.write_json(summary, language.code, "eval", run_name, "metrics.json")  # last: the stage's done-mark
-    summary["report"] = storage.uri(language.code, "eval", run_name, "index.html")
+        storage.write_json(summary, *eval_dir(language.code, run_name), "metrics.json")  # last: the stage's done-mark
+    summary["report"] = storage.uri(*eval_dir(language.code, run_name), "index.html")
     return summary
 
 
-def register_stage(profile: Profile, language: Language, run_name: str | None = None,
+def register_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
                    gate: GateConfig = GateConfig()) -> dict:
     from pea.gate import Decision, decide
     from pea.registry import CHAMPION, apply_decision, register, version_by_alias
-    from pea.train.run import default_run_name
-
-    preset = get_preset(profile.preset)
-    run_name = run_name or default_run_name(language.code, preset.name)
+    run_name = run_name or names.run_name(language.code, preset.name)
     storage = profile.storage()
-    if not storage.exists(language.code, "eval", run_name, "metrics.json"):
+    if not storage.exists(*eval_dir(language.code, run_name), "metrics.json"):
         raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")
-    summary = storage.read_json(language.code, "eval", run_name, "metrics.json")
+    summary = storage.read_json(*eval_dir(language.code, run_name), "metrics.json")
     run = _train_run(profile, language, run_name)
     candidate = summary["metrics"]["candidate"]
     primary, guard = summary["primary"], summary["guard"]
@@ -165,6 +154,6 @@ def register_stage(profile: Profile, language: Language, run_name: str | None = 
         decision = decide(candidate, summary["metrics"].get("champion") if champion else None, primary, guard, gate,
                           problem if champion is not None else None)
         apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags())
-    return {"model": f"pea-{language.code}", "version": registered.version, "new_version": registered.created,
+    return {"model": names.model_name(language.code), "version": registered.version, "new_version": registered.created,
             "promoted": decision.promote, "reason": decision.reason, "primary": primary, "guard": guard,
             "candidate": candidate, "champion": summary["metrics"].get("champion")}

@@ -77,7 +77,12 @@ class JudgeScorer:
 
 def toy_prompts(lang: str, culture_repeats: int = 8) -> tuple[dict[str, list[EvalPrompt]], dict]:
     """MG: every general scene once; MC: every culture scene `culture_repeats` times (there are six)."""
-    from pea.toy.world import caption, culture_scenes, dictionary_english, general_scenes
+    from pea.toy.world import (
+        caption,
+        culture_scenes,
+        dictionary_english,
+        general_scenes,
+    )
 
     mg = [EvalPrompt(f"toy-{s.shape}-{s.color}-{s.background}", caption(s, lang), caption(s, "en"), lang)
           for s in general_scenes()]

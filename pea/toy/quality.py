@@ -14,8 +14,9 @@ import torch
 
 from pea.adapter import AdapterConfig, PEAAdapter
 from pea.conditioning import StudentConditioner, TeacherConditioner
-from pea.distill import HookedUNet, KDBatch, KDConfig, NullConditioning, kd_step, training_scheduler
+from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
 from pea.inference import PEAPipeline
+from pea.kd_types import KDBatch, NullConditioning
 from pea.languages import EncoderSpec
 from pea.models.encoders import TextEncoder, load_text_encoder
 from pea.toy.build import STUDENT_TOKENS, load_judge

@@ -13,6 +13,8 @@ from pea.adapter import PEAAdapter, load_adapter
 from pea.data.loader import Position
 from pea.errors import PeaError
 
+RUN_CONFIG = "run-config.json"  # what a job was started with: in every checkpoint, and once per run (pea.train.run)
+
 
 @dataclass
 class TrainState:
@@ -22,9 +24,11 @@ class TrainState:
 
 
 def save_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, state: TrainState,
-                    generator_states: list[torch.Tensor]) -> Path:
-    """`generator_states[r]` is rank r's noise generator state (a uint8 tensor)."""
+                    generator_states: list[torch.Tensor], config: dict) -> Path:
+    """`generator_states[r]` is rank r's noise generator state (a uint8 tensor); `config` is what the job was
+    started with (pea.train.run), kept with the weights it made."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_CONFIG).write_text(json.dumps(config, indent=1))
     adapter.save(folder)
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, folder / "optimizer.pt")
     save_file({f"generator.{rank}": g.cpu().contiguous() for rank, g in enumerate(generator_states)},

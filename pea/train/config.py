@@ -8,6 +8,9 @@ from pea.adapter import AdapterConfig
 from pea.distill import ABLATIONS, KDConfig
 
 
+RUNTIME_FIELDS = {"run_name", "max_failures", "keep_checkpoints", "log_every", "checkpoint_every"}
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -20,7 +23,7 @@ class TrainConfig(BaseModel):
     weight_decay: float | None = Field(None, ge=0)
     adapter_hidden: tuple[int, ...] | None = None
     max_grad_norm: float = Field(1.0, gt=0)
-    method: str = "pea"  # a row of pea.distill.ABLATIONS
+    method: Literal[tuple(ABLATIONS)] = "pea"  # a row of pea.distill.ABLATIONS (a Literal: schemas list them)
     kd: KDConfig | None = None  # overrides `method` when given
     seed: int = 0
     shuffle_buffer: int = Field(256, ge=1)
@@ -30,9 +33,7 @@ class TrainConfig(BaseModel):
     max_failures: int = Field(1, ge=0)
     on_nonfinite: Literal["raise", "skip"] = "raise"
     gradient_checkpointing: bool = False
-    progress: Literal["bar", "log"] = "bar"  # a bar on a terminal; samples/s and ETA lines at scale
     run_name: str | None = None  # Ray Train run name; the same name resumes that run
-    fault_at_step: int | None = None  # chaos drill: the first attempt of rank 0 dies at this step
 
     def for_preset(self, preset) -> "TrainConfig":
         """This config with every field left to the preset filled from it (what the job logs and runs)."""
@@ -41,13 +42,22 @@ class TrainConfig(BaseModel):
         return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def kd_config(self) -> KDConfig:
-        if self.kd is not None:
-            return self.kd
-        if self.method not in ABLATIONS:
-            from pea.errors import PeaError
+        return self.kd if self.kd is not None else ABLATIONS[self.method]
 
-            raise PeaError(f"unknown training method {self.method!r}", f"use one of: {', '.join(ABLATIONS)}")
-        return ABLATIONS[self.method]
+    def identity(self) -> dict:
+        """What decides the trained weights: a resumed run must match it. Left out: the run name (the job's
+        key) and how the job is run and watched (failures allowed, checkpoints kept, logging and checkpoint
+        intervals), which a resubmission may change."""
+        return self.model_dump(mode="json", exclude=RUNTIME_FIELDS)
+
+
+class TrainSwitches(BaseModel):
+    """How a job shows progress, and test hooks: never logged, never part of a cache key or a config check."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    progress: Literal["bar", "log"] = "bar"  # a bar on a terminal; samples/s and ETA lines at scale
+    fault_at_step: int | None = None  # chaos drill: the first attempt of rank 0 dies at this step
 
 
 class TrainJob(BaseModel):
@@ -66,5 +76,7 @@ class TrainJob(BaseModel):
     shards: list[dict]
     adapter: AdapterConfig
     train: TrainConfig
+    switches: TrainSwitches = TrainSwitches()
+    config: dict  # what the job was started with (pea.train.run); stored in every checkpoint
     mlflow_tracking_uri: str
     mlflow_run_id: str

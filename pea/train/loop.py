@@ -18,6 +18,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pea import tracking
 from pea.adapter import PEAAdapter
 from pea.data.loader import BucketBatchLoader, Position
 from pea.data.records import features_batch, image_batch
@@ -176,7 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
                                cfg.shuffle_buffer)
     if loader.batches_per_epoch() == 0:
         raise ValueError(f"rank {rank} gets no full batch of {cfg.batch_size}: lower batch_size or add data")
-    bar = _progress(cfg, rank, state.step)
+    bar = _progress(job, rank, state.step)
     gauges = TrainGauges(job.lang, job.run_name) if rank == 0 else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     window, micro, position = LogWindow(), 0, state.position
@@ -201,7 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
             window.steps += 1
             if bar is not None:
                 bar.update(1)
-            if cfg.fault_at_step == state.step and rank == 0 and not resumed:
+            if job.switches.fault_at_step == state.step and rank == 0 and not resumed:
                 raise RuntimeError(f"chaos drill: rank 0 dies at step {state.step}")
             finished = state.step >= cfg.steps
             if state.step % cfg.log_every == 0 or finished:
@@ -209,7 +210,7 @@ def train_loop_per_worker(config: dict) -> None:
                 window = LogWindow()
             if state.step % cfg.checkpoint_every == 0 or finished:
                 check_replicas_agree(adapter, device)
-                _report(adapter, optimizer, schedule, state, generator_states(generator, device), rank)
+                _report(job, adapter, optimizer, schedule, state, generator_states(generator, device), rank)
                 if gauges is not None:
                     gauges.checkpointed()
             if finished:
@@ -246,26 +247,25 @@ def _log_window(job, window: LogWindow, schedule, state: TrainState, device, ran
         return
     _log_metrics(job, metrics, state.step)
     gauges.observe(metrics, device)
-    if job.train.progress == "log":
+    if job.switches.progress == "log":
         eta = eta_seconds(job.train, state.step, world, metrics["samples_per_s"])
         log.info("step %d/%d loss %.4f samples/s %.1f eta %.0fs", state.step, job.train.steps,
                  metrics.get("loss", float("nan")), metrics["samples_per_s"], eta)
 
 
-def _progress(cfg, rank, start):
-    if rank != 0 or cfg.progress != "bar":
+def _progress(job: TrainJob, rank, start):
+    if rank != 0 or job.switches.progress != "bar":
         return None
     from ray.experimental.tqdm_ray import tqdm
 
-    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+    return tqdm(total=job.train.steps, initial=start, desc="train", unit="step")
 
 
 def _log_metrics(job: TrainJob, metrics: dict, step: int) -> None:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    MlflowClient(job.mlflow_tracking_uri).log_batch(
+    tracking.client(job.mlflow_tracking_uri).log_batch(
         job.mlflow_run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
@@ -280,12 +280,12 @@ def generator_states(generator: torch.Generator, device) -> list[torch.Tensor]:
     return [g.cpu() for g in gathered]
 
 
-def _report(adapter, optimizer, schedule, state, generator_states, rank) -> None:
+def _report(job: TrainJob, adapter, optimizer, schedule, state, generator_states, rank) -> None:
     metrics = {"step": state.step}
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), adapter, optimizer, schedule, state, generator_states)
+        save_checkpoint(Path(tmp), adapter, optimizer, schedule, state, generator_states, job.config)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"step-{state.step:08d}")

@@ -10,12 +10,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pea import names, tracking
 from pea.adapter import AdapterConfig
 from pea.errors import PeaError
 from pea.languages import Language
-from pea.presets import get_preset
+from pea.presets import Preset
 from pea.profiles import Profile
-from pea.train.config import TrainConfig, TrainJob
+from pea.train.checkpoint import RUN_CONFIG
+from pea.train.config import TrainConfig, TrainJob, TrainSwitches
+from pea.layout import adapter_dir, features_dir, shards_dir, train_dir
 
 log = logging.getLogger("pea.train")
 
@@ -41,11 +44,11 @@ def code_revision() -> str:
 
 def _data(profile: Profile, language: Language, preset_name: str) -> tuple[tuple[str, ...], bool, dict]:
     storage = profile.storage()
-    features = (language.code, "features", preset_name)
+    features = features_dir(language.code, preset_name)
     if storage.exists(*features, "manifest.json"):
         return features, True, storage.read_json(*features, "manifest.json")
-    if storage.exists(language.code, "shards", "manifest.json"):
-        return (language.code, "shards"), False, storage.read_json(language.code, "shards", "manifest.json")
+    if storage.exists(*shards_dir(language.code), "manifest.json"):
+        return shards_dir(language.code), False, storage.read_json(*shards_dir(language.code), "manifest.json")
     raise PeaError(f"no training shards for {language.code!r} under {storage.root}",
                    f"run the data stages first (pea harvest/translate/bucket --lang {language.code})")
 
@@ -59,19 +62,14 @@ def flatten(prefix: str, value) -> dict[str, str]:
     return {prefix: str(value)}
 
 
-def default_run_name(lang: str, preset: str) -> str:
-    return f"pea-{lang}-{preset}"
-
-
 def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dict, tags: dict) -> str:
-    from mlflow import MlflowClient
 
     from pea.tracking import TRAIN_RUN_TAG, experiment_id, find_train_run
 
     found = find_train_run(profile.mlflow_tracking_uri, language.code, run_name)
     if found:
         return found.info.run_id
-    client = MlflowClient(profile.mlflow_tracking_uri)
+    client = tracking.client(profile.mlflow_tracking_uri)
     experiment = experiment_id(profile.mlflow_tracking_uri, profile.mlflow_artifact_root, language.code)
     run = client.create_run(experiment, run_name=run_name, tags=tags | {TRAIN_RUN_TAG: run_name})
     items = list(params.items())
@@ -96,7 +94,10 @@ def _init_ray(profile: Profile) -> None:
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
-def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> TrainResult:
+def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
+                  switches: TrainSwitches = TrainSwitches(), override_config: bool = False) -> TrainResult:
+    """Train `language`'s adapter on `preset` with the profile's Ray workers; the same run name resumes its job,
+    and only with the config it started with (unless `override_config`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -104,7 +105,6 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
     from pea.models.tiny import ensure_built, tiny_names
     from pea.train.loop import train_loop_per_worker
 
-    preset = get_preset(profile.preset)
     cfg = cfg.for_preset(preset)
     spec = preset.student_for(language)
     # tiny models are built once here, not raced by the workers
@@ -112,23 +112,24 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
     if spec.id in tiny_names():
         ensure_built(spec.id, profile.model_cache)
     prefix, cached, manifest = _data(profile, language, preset.name)
-    run_name = cfg.run_name or default_run_name(language.code, preset.name)
+    run_name = cfg.run_name or names.run_name(language.code, preset.name)
     adapter = AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
                             hidden_dims=cfg.adapter_hidden, language=language.code, student_encoder=spec.id,
                             base_model=preset.model_id or preset.name)
     data_digest = manifest.get("source_digest", manifest["digest"])
-    run_id = _mlflow_run(profile, language, run_name,
-                         params=flatten("", {"train": cfg.model_dump(mode="json"), "adapter": adapter.model_dump(mode="json"),
-                                             "preset": preset.name, "lang": language.code, "cached_features": cached}),
+    identity = {"lang": language.code, "preset": preset.name, "data_digest": data_digest, "cached_features": cached,
+                "adapter": adapter.model_dump(mode="json"), "train": cfg.identity()}
+    _same_config(profile.storage(), language.code, run_name, identity, override_config)
+    run_id = _mlflow_run(profile, language, run_name, params=flatten("", identity),
                          tags={"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
                                "pea.code_revision": code_revision(), "pea.student_encoder": spec.id})
     job = TrainJob(lang=language.code, run_name=run_name, preset=preset.name, model_cache=str(profile.model_cache),
                    storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
-                   cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg,
-                   mlflow_tracking_uri=profile.mlflow_tracking_uri, mlflow_run_id=run_id)
+                   cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg, switches=switches,
+                   config=identity, mlflow_tracking_uri=profile.mlflow_tracking_uri, mlflow_run_id=run_id)
     storage = profile.storage()
-    storage_path = storage.uri(language.code, "train")
-    storage.makedirs(language.code, "train")
+    storage_path = storage.uri(*train_dir(language.code))
+    storage.makedirs(*train_dir(language.code))
     _init_ray(profile)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -148,6 +149,18 @@ def train_adapter(profile: Profile, language: Language, cfg: TrainConfig) -> Tra
         raise PeaError(f"training {run_name} failed: {_root_message(e)}",
                        "fix the cause and run again with the same run name to continue from the last checkpoint") from e
     return _finalize(profile, language, run_name, run_id, result)
+
+
+def _same_config(storage, lang: str, run_name: str, identity: dict, override: bool) -> None:
+    """A run name is one job: the first submission records its config; a resubmission (resume) must match it."""
+    parts = train_dir(lang, run_name, RUN_CONFIG)
+    if storage.exists(*parts) and not override:
+        before, now = flatten("", storage.read_json(*parts)), flatten("", identity)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise PeaError(f"run {run_name!r} was started with another config ({', '.join(changed[:4])} differ)",
+                           "use a new run name, or override the check to continue with this config")
+    storage.write_json(identity, *parts)
 
 
 def _root_message(error: BaseException) -> str:
@@ -174,28 +187,25 @@ def _pyarrow_fs(profile: Profile):
 
 
 def _finish_run(profile: Profile, run_id: str, status: str) -> None:
-    from mlflow import MlflowClient
 
-    MlflowClient(profile.mlflow_tracking_uri).set_terminated(run_id, status)
+    tracking.client(profile.mlflow_tracking_uri).set_terminated(run_id, status)
 
 
 def _finalize(profile, language, run_name, run_id, result) -> TrainResult:
     import json
     import tempfile
 
-    from mlflow import MlflowClient
-
     storage = profile.storage()
     with result.checkpoint.as_directory() as folder:
         folder = Path(folder)
         state = json.loads((folder / "state.json").read_text())
         for name in ("adapter.json", "adapter.safetensors"):
-            storage.write_bytes((folder / name).read_bytes(), language.code, "adapters", run_name, name)
+            storage.write_bytes((folder / name).read_bytes(), *adapter_dir(language.code, run_name, name))
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("adapter.json", "adapter.safetensors"):
                 (Path(tmp) / name).write_bytes((folder / name).read_bytes())
-            client = MlflowClient(profile.mlflow_tracking_uri)
+            client = tracking.client(profile.mlflow_tracking_uri)
             client.log_artifacts(run_id, tmp, artifact_path="adapter")
     client.set_terminated(run_id, "FINISHED")
-    return TrainResult(run_name=run_name, mlflow_run_id=run_id, adapter_uri=storage.uri(language.code, "adapters", run_name),
+    return TrainResult(run_name=run_name, mlflow_run_id=run_id, adapter_uri=storage.uri(*adapter_dir(language.code, run_name)),
                        checkpoint_path=result.checkpoint.path, steps=state["step"], metrics=result.metrics or {})

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pea.errors import PeaError
+from pea.progress import lines
 
 app = typer.Typer(
     help="Teach English text-to-image diffusion models other languages with PEA adapters.",
@@ -28,6 +29,8 @@ ProfileOpt = Annotated[
     ),
 ]
 LangOpt = Annotated[str, typer.Option("--lang", help="Language code (see `pea languages`).")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="Base-model preset (`pea presets`; default: the run config's).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Run config YAML (`pea config --show` prints one); flags override it.")]
 
 
 @app.callback()
@@ -40,16 +43,26 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _profile(name: str, preset: str | None = None):
-    from pea.presets import get_preset
+def _profile(name: str):
+    """Where the run happens. The CLI is an entry point: the one place besides the flow that reads the environment."""
     from pea.profiles import load_profile
 
-    env = dict(os.environ)
-    if preset:
-        env["PEA_PRESET"] = preset
-    profile = load_profile(name, env=env, cwd=Path.cwd())
-    get_preset(profile.preset)
-    return profile
+    return load_profile(name, env=dict(os.environ), cwd=Path.cwd())
+
+
+def _run(config: Path | None, preset: str | None, **fields):
+    """What the run does: the run config file (or the defaults) with the flags given, by dotted field name
+    (`train__steps` for train.steps); flags left out keep the file's or the default value."""
+    from pea.run_config import build_run_config
+
+    overrides = {"preset": preset} | {k.replace("__", "."): v for k, v in fields.items()}
+    return build_run_config(config, overrides)
+
+
+def _preset(run):
+    from pea.presets import get_preset
+
+    return get_preset(run.preset)
 
 
 @app.command()
@@ -117,22 +130,37 @@ def profile(
 def train_language(
     lang: LangOpt,
     profile: ProfileOpt = "local",
-    preset: Annotated[str | None, typer.Option(help="Override the profile's preset.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the training config's).")] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (default: the run config's).")] = None,
+    method: Annotated[str | None, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = None,
     eval_prompts: Annotated[int | None, typer.Option(min=1, help="Prompts per evaluation set (default: all).")] = None,
 ):
     """Run the whole per-language pipeline (the Prefect flow `pea`, in-process) on the active profile."""
     from pea.languages import get_language
 
     get_language(lang)  # bad input fails here, before Prefect starts
-    prof = _profile(profile, preset)
+    run = _run(config, preset, train__steps=steps, train__method=method, eval__max_prompts=eval_prompts)
+    _profile(profile)
     # on a busy 2-core machine Prefect's temporary API server needs more than its default 20 s to start
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.pea_flow import pea
 
-    out = pea(lang=lang, preset=prof.preset, steps=steps, profile=profile, eval_prompts=eval_prompts)
+    out = pea(lang=lang, config=run, profile=profile)
     verdict = "champion" if out["promoted"] else "challenger"
     typer.echo(f"{out['model']} version {out['version']} ({out['run_name']}) is {verdict}: {out['reason']}")
+
+
+@app.command("config")
+def show_config(
+    show: Annotated[bool, typer.Option("--show", help="Print the run config (the default; --show reads well in scripts).")] = True,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+):
+    """Print the run config that `pea train-language` would use, every field with its value, as YAML: save it,
+    edit it, and pass it back with --config (or set the same fields of a deployment's `config` parameter)."""
+    if show:
+        typer.echo(_run(config, preset).to_yaml().rstrip())
 
 
 @app.command()
@@ -147,15 +175,17 @@ def generate(
     guidance: Annotated[float, typer.Option(min=0.0, help="Classifier-free guidance scale.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     profile: ProfileOpt = "local",
-    preset: Annotated[str | None, typer.Option(help="Override the profile's preset.")] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
 ):
     """Generate an image from a native-language prompt with a trained adapter."""
     from pea.generate import generate_image
     from pea.registry import resolve_adapter
 
-    prof = _profile(profile, preset)
+    prof, base = _profile(profile), _preset(_run(config, preset))
     folder = resolve_adapter(adapter, prof.mlflow_tracking_uri, prof.data_dir / "registry")
-    path = generate_image(prompt, lang, folder, out, prof, negative=negative, steps=steps, guidance=guidance, seed=seed)
+    path = generate_image(prompt, lang, folder, out, prof, base, negative=negative, steps=steps, guidance=guidance,
+                          seed=seed)
     typer.echo(f"wrote {path}")
 
 
@@ -193,12 +223,12 @@ def harvest(
 
 
 @app.command()
-def translate(lang: LangOpt, profile: ProfileOpt = "local"):
+def translate(lang: LangOpt, profile: ProfileOpt = "local", preset: PresetOpt = None, config: ConfigOpt = None):
     """Fill missing captions by machine translation; mark samples parallel or culture."""
     from pea.languages import get_language
     from pea.stages import translate_stage
 
-    manifest = translate_stage(_profile(profile), get_language(lang), progress=typer.echo)
+    manifest = translate_stage(_profile(profile), get_language(lang), _preset(_run(config, preset)), progress=lines(typer.echo))
     typer.echo(f"captions: {manifest['counts']} (this run: {manifest['this_run']})")
 
 
@@ -207,52 +237,59 @@ def bucket(
     lang: LangOpt,
     side: Annotated[int | None, typer.Option(help="Target bucket side (area ~ side^2); default from language and preset.")] = None,
     profile: ProfileOpt = "local",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
 ):
     """Resize into aspect-ratio buckets and write per-bucket webdataset shards."""
     from pea.languages import get_language
-    from pea.presets import get_preset
     from pea.stages import bucket_config, bucket_stage
 
-    prof, language = _profile(profile), get_language(lang)
+    prof, language, base = _profile(profile), get_language(lang), _preset(_run(config, preset))
     overrides = {"side": side} if side else {}
-    manifest = bucket_stage(prof, language, bucket_config(language, get_preset(prof.preset), **overrides), typer.echo)
+    manifest = bucket_stage(prof, language, base, bucket_config(language, base, **overrides), lines(typer.echo))
     typer.echo(f"buckets: {manifest['buckets']}, dropped: {manifest['dropped']}")
 
 
 @app.command()
 def cache(
     lang: LangOpt,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per encoder batch.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per encoder batch (on a GPU at most what "
+                                                   "fits; default: the run config's).")] = None,
     profile: ProfileOpt = "local",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
 ):
     """Precompute VAE latents and text embeddings beside every sample."""
     from pea.languages import get_language
     from pea.stages import cache_stage
 
-    manifest = cache_stage(_profile(profile), get_language(lang), batch_size, typer.echo)
+    run = _run(config, preset, data__cache_batch=batch_size)
+    manifest = cache_stage(_profile(profile), get_language(lang), _preset(run), run.data.cache_batch, lines(typer.echo))
     typer.echo(f"cached {len(manifest['shards'])} shards ({manifest['dtype']})")
 
 
 @app.command()
 def train(
     lang: LangOpt,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 200,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per worker per step.")] = 16,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (default: the run config's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per worker per step.")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (default: the preset's).")] = None,
-    method: Annotated[str, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = "pea",
+    method: Annotated[str | None, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = None,
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; the same name resumes that run.")] = None,
+    override_config: Annotated[bool, typer.Option(help="Resume a run even though its config changed.")] = False,
     profile: ProfileOpt = "local",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
 ):
     """Train the language's adapter on existing shards (Ray Train; workers and GPUs from the profile)."""
     from pea.languages import get_language
-    from pea.train.config import TrainConfig
+    from pea.train.config import TrainSwitches
     from pea.train.run import train_adapter
 
-    prof = _profile(profile)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, method=method, run_name=run_name,
-                      progress="bar" if sys.stderr.isatty() else "log")
-    cfg.kd_config()
-    result = train_adapter(prof, get_language(lang), cfg)
+    run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr, train__method=method,
+               train__run_name=run_name)
+    switches = TrainSwitches(progress="bar" if sys.stderr.isatty() else "log")
+    result = train_adapter(_profile(profile), get_language(lang), _preset(run), run.train, switches, override_config)
     typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
                f"MLflow run {result.mlflow_run_id}")
 
@@ -262,18 +299,20 @@ def evaluate(
     lang: LangOpt,
     run_name: Annotated[str | None, typer.Option(help="The training run to evaluate (default: pea-<lang>-<preset>).")] = None,
     max_prompts: Annotated[int | None, typer.Option(min=1, help="Prompts per set (default: all 200).")] = None,
-    images_per_prompt: Annotated[int, typer.Option(min=1, help="Images per prompt and system.")] = 1,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image.")] = 25,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per generation and metric batch.")] = 8,
+    images_per_prompt: Annotated[int | None, typer.Option(min=1, help="Images per prompt and system.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Denoising steps per image (default: the run config's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per generation and metric batch.")] = None,
     profile: ProfileOpt = "local",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
 ):
     """Evaluate a trained adapter on the MG/MC prompts against its baselines and the champion; write the report."""
-    from pea.evaluate.config import EvalConfig
     from pea.evaluate.stage import evaluate_stage
     from pea.languages import get_language
 
-    cfg = EvalConfig(max_prompts=max_prompts, images_per_prompt=images_per_prompt, steps=steps, batch_size=batch_size)
-    summary = evaluate_stage(_profile(profile), get_language(lang), run_name, cfg, typer.echo)
+    run = _run(config, preset, eval__max_prompts=max_prompts, eval__images_per_prompt=images_per_prompt,
+               eval__steps=steps, eval__batch_size=batch_size)
+    summary = evaluate_stage(_profile(profile), get_language(lang), _preset(run), run_name, run.eval, lines(typer.echo))
     typer.echo(f"report: {summary['report']}")
 
 
@@ -281,15 +320,18 @@ def evaluate(
 def register(
     lang: LangOpt,
     run_name: Annotated[str | None, typer.Option(help="The evaluated training run (default: pea-<lang>-<preset>).")] = None,
-    tolerance: Annotated[float, typer.Option(min=0.0, help="Largest drop allowed on the guard metric (MG ImageReward).")] = 0.05,
+    tolerance: Annotated[float | None, typer.Option(min=0.0, help="Largest drop allowed on the guard metric "
+                                                    "(MG ImageReward; default: the run config's).")] = None,
     profile: ProfileOpt = "local",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
 ):
     """Register an evaluated run as a version of pea-<lang>; the gate decides whether it becomes champion."""
-    from pea.evaluate.config import GateConfig
     from pea.evaluate.stage import register_stage
     from pea.languages import get_language
 
-    out = register_stage(_profile(profile), get_language(lang), run_name, GateConfig(tolerance=tolerance))
+    run = _run(config, preset, gate__tolerance=tolerance)
+    out = register_stage(_profile(profile), get_language(lang), _preset(run), run_name, run.gate)
     verdict = "champion" if out["promoted"] else "challenger"
     typer.echo(f"{out['model']} version {out['version']}{'' if out['new_version'] else ' (registered before)'}: "
                f"{verdict} -- {out['reason']}")
@@ -302,7 +344,8 @@ def models(lang: LangOpt, profile: ProfileOpt = "local"):
     from rich.table import Table
 
     from pea.languages import get_language
-    from pea.registry import list_versions, model_name
+    from pea.names import model_name
+    from pea.registry import list_versions
 
     prof = _profile(profile)
     name = model_name(get_language(lang).code)

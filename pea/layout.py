@@ -1,0 +1,42 @@
+"""Where every stage's output lives under the storage root (the README's "Data" section), each path spelled
+once. Every function returns the parts that `pea.storage.Storage` joins; `*parts` extends them by file name."""
+
+
+def raw_dir(lang: str, *parts: str) -> tuple[str, ...]:
+    """img2dataset shards per source: raw/<source>/."""
+    return (lang, "raw", *parts)
+
+
+def captions_dir(lang: str, *parts: str) -> tuple[str, ...]:
+    """One caption table per raw shard: captions/<source>/<shard>.parquet."""
+    return (lang, "captions", *parts)
+
+
+def shards_dir(lang: str, *parts: str) -> tuple[str, ...]:
+    """Bucketed webdataset shards: shards/<W>x<H>/."""
+    return (lang, "shards", *parts)
+
+
+def features_dir(lang: str, preset: str, *parts: str) -> tuple[str, ...]:
+    """The bucketed shards with cached latents and embeddings, per base-model preset."""
+    return (lang, "features", preset, *parts)
+
+
+def train_dir(lang: str, *parts: str) -> tuple[str, ...]:
+    """Ray Train's storage: train/<run name>/ holds its checkpoints."""
+    return (lang, "train", *parts)
+
+
+def adapter_dir(lang: str, run_name: str, *parts: str) -> tuple[str, ...]:
+    """The final adapter of a training run."""
+    return (lang, "adapters", run_name, *parts)
+
+
+def eval_dir(lang: str, run_name: str, *parts: str) -> tuple[str, ...]:
+    """A run's evaluation: report page, grid, metrics.json."""
+    return (lang, "eval", run_name, *parts)
+
+
+def translation_cache(*parts: str) -> tuple[str, ...]:
+    """Translations by digest of (model, direction, text), shared by every language."""
+    return ("cache", "translation", *parts)
