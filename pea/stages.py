@@ -12,10 +12,10 @@ from pea.data.sources import SourceSpec
 from pea.data.translate import TranslateConfig
 from pea.errors import PeaError
 from pea.languages import Language
+from pea.layout import raw_dir
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.progress import Progress, quiet
-from pea.layout import raw_dir
 
 TOY_CULTURE_SHARE = 0.15
 

@@ -13,8 +13,8 @@ from pea.data.records import image_batch
 from pea.data.tars import iter_samples, write_shard
 from pea.errors import PeaError
 from pea.features import FeatureExtractor
-from pea.storage import Storage
 from pea.layout import features_dir, shards_dir
+from pea.storage import Storage
 
 
 def cache_features(

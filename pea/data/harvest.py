@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from pea.data.sources import SourceSpec, read_metadata
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.errors import PeaError
-from pea.storage import Storage
 from pea.layout import raw_dir
+from pea.storage import Storage
 
 KEPT_COLUMNS = ["native", "english", "culture"]  # img2dataset records width and height itself
 

@@ -15,9 +15,8 @@ from PIL import Image
 
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
-from pea.storage import Storage
 from pea.layout import captions_dir, raw_dir, shards_dir
-
+from pea.storage import Storage
 
 
 def bucket(

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pea.data.tars import iter_samples
-from pea.storage import Storage
 from pea.layout import captions_dir, raw_dir, translation_cache
+from pea.storage import Storage
 
 ENGLISH_CODE = "eng_Latn"  # NLLB's code; tokenizers without language codes ignore it
 CAPTIONS = pa.schema([("key", pa.string()), ("native", pa.string()), ("english", pa.string()),

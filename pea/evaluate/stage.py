@@ -14,10 +14,10 @@ from pea import names, tracking
 from pea.errors import PeaError
 from pea.evaluate.config import EvalConfig, GateConfig
 from pea.languages import Language
+from pea.layout import adapter_dir, eval_dir
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.progress import Progress, quiet
-from pea.layout import adapter_dir, eval_dir
 
 REPORT_FILES = ("index.html", "grid.png", "curves.png")
 

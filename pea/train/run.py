@@ -14,11 +14,11 @@ from pea import names, tracking
 from pea.adapter import AdapterConfig
 from pea.errors import PeaError
 from pea.languages import Language
+from pea.layout import adapter_dir, features_dir, shards_dir, train_dir
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.train.checkpoint import RUN_CONFIG
 from pea.train.config import TrainConfig, TrainJob, TrainSwitches
-from pea.layout import adapter_dir, features_dir, shards_dir, train_dir
 
 log = logging.getLogger("pea.train")
 
