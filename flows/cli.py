@@ -1,7 +1,9 @@
 """The `pea` command. Heavy imports (torch, diffusers, Ray, Prefect) happen inside the commands that need
 them, so that `pea --help` and `pea languages` answer at once."""
 
+import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -44,10 +46,36 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
 
 
 def _profile(name: str):
-    """Where the run happens. The CLI is an entry point: the one place besides the flow that reads the environment."""
+    """Where the run happens. The CLI is an entry point: the one place besides the flow that reads the environment.
+    Every command that runs anything loads its profile first, before the libraries it runs are imported, so this is
+    also where their environment defaults are set, the same for every command (_library_env)."""
     from pea.profiles import load_profile
 
-    return load_profile(name, env=dict(os.environ), cwd=Path.cwd())
+    prof = load_profile(name, env=dict(os.environ), cwd=Path.cwd())
+    _library_env(local_ray=prof.ray.address is None)
+    return prof
+
+
+def _library_env(local_ray: bool) -> None:
+    """Defaults for the libraries a command may run in this process (Ray, MLflow, Prefect), set before they are
+    imported (Ray reads its own at import time); a variable already set wins."""
+    env = {
+        # Ray workers run in this environment (on a cluster, in pea's image): Ray's `uv run` hook would package
+        # the current directory and build a virtualenv in every worker, and fails outside the project directory
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        # a registered model's environment is pea's pinned requirements, not the uv project of the current directory
+        "MLFLOW_UV_AUTO_DETECT": "false",
+        # the temporary Prefect server's telemetry service: at start-up it writes to the server's SQLite database
+        # while the other services do ("database is locked"), then sends a heartbeat every 10 minutes, offline too
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",  # and Prefect's client-side telemetry, with its first-run notice on a terminal
+        # on a busy 2-core machine Prefect's temporary API server needs more than its default 20 s to start
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
+    if local_ray:
+        env["RAY_AUTH_MODE"] = "token"  # a local cluster's default, said explicitly: Ray then does not warn about it
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
 
 
 def _run(config: Path | None, preset: str | None, **fields):
@@ -138,17 +166,62 @@ def train_language(
 ):
     """Run the whole per-language pipeline (the Prefect flow `pea`, in-process) on the active profile."""
     from pea.languages import get_language
+    from pea.progress import stage_line
 
     get_language(lang)  # bad input fails here, before Prefect starts
+    prof = _profile(profile)
+    if not _state["debug"]:
+        _quiet_pipeline_env()
     run = _run(config, preset, train__steps=steps, train__method=method, eval__max_prompts=eval_prompts)
-    _profile(profile)
-    # on a busy 2-core machine Prefect's temporary API server needs more than its default 20 s to start
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.pea_flow import pea
 
-    out = pea(lang=lang, config=run, profile=profile)
-    verdict = "champion" if out["promoted"] else "challenger"
-    typer.echo(f"{out['model']} version {out['version']} ({out['run_name']}) is {verdict}: {out['reason']}")
+    if not _state["debug"]:
+        _hide_run_failures()
+    with stage_line(sys.stderr):
+        out = pea(lang=lang, config=run, profile=profile)
+    reg = out.registration
+    role = ("champion" if reg.champion_version == reg.version
+            else f"challenger, version {reg.champion_version} stays champion")
+    typer.echo(f"{reg.model} version {reg.version} ({out.run_name}) is {role}: {reg.reason}")
+    typer.echo(f"report: {out.report}")
+    typer.echo(f"MLflow UI: {_mlflow_ui(prof.mlflow_tracking_uri)}")
+
+
+def _quiet_pipeline_env() -> None:
+    """The stage line replaces the libraries' own lines and bars (--debug keeps them): defaults set before the
+    libraries are imported (tqdm and Ray read theirs at import time); a variable already set wins."""
+    env = {
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",  # INFO lines still reach the Prefect API
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "TQDM_DISABLE": "1",  # diffusers' "Loading pipeline components" bar
+        "RAY_LOGGER_LEVEL": "warning",
+        "RAY_LOG_TO_DRIVER": "0",  # the workers' lines stay in /tmp/ray/session_latest/logs
+    }
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+
+
+def _hide_run_failures() -> None:
+    """A failing run is told once, as the CLI's `error:` line (or, for a bug, Python's traceback): Prefect's run
+    loggers would print the same failure above it, with a traceback per flow it passed through. Their ERROR
+    records are kept off the console only; they still reach the Prefect API, and --debug shows them."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_not_a_run_failure)
+
+
+def _not_a_run_failure(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.name in ("prefect.flow_runs", "prefect.task_runs"))
+
+
+def _mlflow_ui(tracking_uri: str) -> str:
+    """A tracking server is its own UI; a local store is opened by one on loopback."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    return f"uv run mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1"
 
 
 @app.command("config")
@@ -313,7 +386,7 @@ def evaluate(
     run = _run(config, preset, eval__max_prompts=max_prompts, eval__images_per_prompt=images_per_prompt,
                eval__steps=steps, eval__batch_size=batch_size)
     summary = evaluate_stage(_profile(profile), get_language(lang), _preset(run), run_name, run.eval, lines(typer.echo))
-    typer.echo(f"report: {summary['report']}")
+    typer.echo(f"report: {summary.report}")
 
 
 @app.command()
@@ -332,9 +405,9 @@ def register(
 
     run = _run(config, preset, gate__tolerance=tolerance)
     out = register_stage(_profile(profile), get_language(lang), _preset(run), run_name, run.gate)
-    verdict = "champion" if out["promoted"] else "challenger"
-    typer.echo(f"{out['model']} version {out['version']}{'' if out['new_version'] else ' (registered before)'}: "
-               f"{verdict} -- {out['reason']}")
+    verdict = "champion" if out.promoted else "challenger"
+    typer.echo(f"{out.model} version {out.version}{'' if out.new_version else ' (registered before)'}: "
+               f"{verdict} -- {out.reason}")
 
 
 @app.command()

@@ -9,30 +9,61 @@ deployment run can set any field, and the server refuses an unknown language, pr
 count below 1, before any work starts. Each training job gets its own run name (from the flow run), so a
 scheduled re-run trains a new candidate on the cached data; retrying a failed flow run keeps the name and
 resumes from the stage that failed (finished stages are cached, Ray Train resumes its checkpoint).
+
+The run's log marks where each of the seven stages starts and ends (pea.progress records): the CLI shows them
+as its stage line.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict
 
 from pea.data.sources import SourceSpec
 from pea.evaluate.config import EvalConfig, GateConfig
+from pea.evaluate.stage import EvalSummary, Registration
 from pea.languages import Language, get_language
 from pea.languages import registry as languages
 from pea.names import run_name
 from pea.presets import Preset, get_preset
 from pea.profiles import Profile, check_mlflow, load_profile
+from pea.progress import STAGE, STAGE_DONE
 from pea.run_config import RunConfig
 from pea.stages import default_sources, harvested_sources
 from pea.train.config import TrainSwitches
 from tasks.data import bucket_shards, cache_features, harvest_source, translate_captions
 from tasks.evaluation import evaluate_adapter, register_adapter
+from tasks.progress import reporter
 from tasks.training import train_adapter
 
 Lang = StrEnum("Lang", {code: code for code in languages()})
+STAGES = ("harvest", "translate", "bucket", "cache", "train", "evaluate", "register")
+
+
+class PipelineResult(BaseModel):
+    """What a `pea` flow run made: the training run, its evaluation report and its version in the registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lang: str
+    preset: str
+    run_name: str
+    report: str  # URI of the evaluation report page
+    registration: Registration
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Log the start and the end of one of the STAGES."""
+    log, at = get_run_logger(), (STAGES.index(name) + 1, len(STAGES), name)
+    log.info("stage %d/%d %s", *at, extra={STAGE: at})
+    yield
+    log.info("stage %d/%d %s done", *at, extra={STAGE_DONE: at})
 
 
 @flow(name="pea-harvest")
@@ -40,15 +71,22 @@ def harvest(profile: Profile, language: Language, sources: list[SourceSpec]) -> 
     """Every source's harvest (already harvested ones return their manifest at once)."""
     if not sources:
         return [{"source": name} for name in harvested_sources(profile, language)]
-    return [harvest_source(profile, language, source) for source in sources]
+    progress, manifests = reporter(), []
+    for done, source in enumerate(sources, 1):
+        manifests.append(harvest_source(profile, language, source))
+        progress(f"harvested {source.name}", done / len(sources))
+    return manifests
 
 
 @flow(name="pea-evaluate")
 def evaluate(profile: Profile, language: Language, preset: Preset, run_name: str, cfg: EvalConfig,
-             gate: GateConfig) -> dict:
+             gate: GateConfig) -> tuple[EvalSummary, Registration]:
     """The candidate against its baselines and the champion, then registration and the gate."""
-    summary = evaluate_adapter(profile, language, preset, run_name, cfg)
-    return register_adapter(profile, language, preset, run_name, gate, summary)
+    with stage("evaluate"):
+        summary = evaluate_adapter(profile, language, preset, run_name, cfg)
+    with stage("register"):
+        registration = register_adapter(profile, language, preset, run_name, gate, summary)
+    return summary, registration
 
 
 def run_name_for(lang: str, preset: str) -> str:
@@ -58,7 +96,7 @@ def run_name_for(lang: str, preset: str) -> str:
 
 
 @flow(name="pea")
-def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> dict:
+def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> PipelineResult:
     """Harvest, translate, bucket, cache, train, evaluate and register the adapter for `lang`.
 
     `profile` is a built-in profile or a YAML path (where the run happens); PEA_* variables of the worker
@@ -67,15 +105,21 @@ def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> 
     language, preset = get_language(str(lang)), get_preset(config.preset)
     check_mlflow(prof.mlflow_tracking_uri)
     sources = config.data.sources
-    harvested = harvest(prof, language, list(sources) if sources is not None else
-                        default_sources(prof, language, preset, config.data.toy_samples))
-    captions = translate_captions(prof, language, preset, harvested)
-    shards = bucket_shards(prof, language, preset, captions)
-    features = cache_features(prof, language, preset, config.data.cache_batch, shards)
+    with stage("harvest"):
+        harvested = harvest(prof, language, list(sources) if sources is not None else
+                            default_sources(prof, language, preset, config.data.toy_samples))
+    with stage("translate"):
+        captions = translate_captions(prof, language, preset, harvested)
+    with stage("bucket"):
+        shards = bucket_shards(prof, language, preset, captions)
+    with stage("cache"):
+        features = cache_features(prof, language, preset, config.data.cache_batch, shards)
     train_cfg = config.train.model_copy(update={"run_name": config.train.run_name or run_name_for(language.code, preset.name)})
-    result = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))
-    outcome = evaluate(prof, language, preset, result["run_name"], config.eval, config.gate)
-    return {"lang": language.code, "preset": preset.name, "run_name": result["run_name"], **outcome}
+    with stage("train"):
+        trained = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))
+    summary, registration = evaluate(prof, language, preset, trained.run_name, config.eval, config.gate)
+    return PipelineResult(lang=language.code, preset=preset.name, run_name=trained.run_name, report=summary.report,
+                          registration=registration)
 
 
 def _profile(name: str) -> Profile:

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from pea.evaluate.config import EvalModels
+from pea.evaluate.config import EvalDefaults, EvalModels
 from pea.languages import EncoderSpec, Language
 from pea.resources import load_registry, lookup
 
@@ -43,6 +43,7 @@ class Preset(BaseModel):
     translation_model: str | None = None  # tiny presets: a built-locally MT model instead of the language's
     eval_models: EvalModels = EvalModels()  # tiny presets: tiny metric models; toy: the world's judge
     train: TrainDefaults = TrainDefaults()
+    eval: EvalDefaults = EvalDefaults()
 
     @property
     def adapter_hidden(self) -> tuple[int, ...]:

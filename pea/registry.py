@@ -5,6 +5,7 @@ A version is the training run's adapter logged as a pyfunc model (pea/serving.py
 the same run again finds its version instead of making a second one, so a retried task is harmless.
 """
 
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -84,6 +85,13 @@ def resolve_adapter(uri: str, tracking_uri: str, cache: Path) -> Path:
     return download_adapter(tracking_uri, name, version, cache / name / version)
 
 
+def _environment(pip_requirements: list[str]) -> dict:
+    """The model's whole environment, spelled out: given only pip requirements, MLflow still looks up the
+    installed pip to pin it in conda.yaml, and warns that it failed in a uv environment (which has no pip)."""
+    return {"name": "pea", "channels": ["conda-forge"],
+            "dependencies": [f"python={platform.python_version()}", "pip", {"pip": pip_requirements}]}
+
+
 @dataclass
 class Registered:
     version: str
@@ -108,8 +116,8 @@ def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags:
         shutil.copytree(adapter_dir, staged)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name=PYFUNC_NAME, python_model=str(resource_path("pyfunc_model.py")),
-                                           artifacts={"adapter": str(staged)},
-                                           pip_requirements=requirements(), metadata=tags, model_config=model_config)
+                                           artifacts={"adapter": str(staged)}, conda_env=_environment(requirements()),
+                                           metadata=tags, model_config=model_config)
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
     return Registered(str(version.version), True)

@@ -33,11 +33,12 @@ class PEAPyfunc(mlflow.pyfunc.PythonModel):
         encoder = load_text_encoder(spec, Path(config["model_cache"]))
         self.conditioner = StudentConditioner(encoder, adapter.eval(), zero_null=False)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params=None):
+        """The `list[str]` type hint is the model's input signature: MLflow validates the input against it and
+        hands a one-column DataFrame (`{"prompt": [...]}`, as a serving endpoint sends it) over as its list."""
         import pandas as pd
 
-        prompts = list(model_input["prompt"]) if hasattr(model_input, "columns") else list(model_input)
-        cond = self.conditioner(prompts)
+        cond = self.conditioner(list(model_input))
         out = {"prompt_embeds": [c.tolist() for c in cond.context]}
         if cond.pooled is not None:
             out["pooled_prompt_embeds"] = [p.tolist() for p in cond.pooled]

@@ -28,10 +28,10 @@ def bucket_config(language: Language, preset: Preset, **overrides) -> BucketConf
 
 def toy_sources(profile: Profile, language: Language, samples: int) -> list[SourceSpec]:
     """The toy world's samples for `language`, rendered once as harvestable folders."""
-    from pea.toy.world import LANGS, write_folders
+    from pea.toy.world import TOY_LANGS, write_folders
 
-    if language.code not in LANGS:
-        raise PeaError(f"the toy world has no {language.code!r} captions", f"use one of: {', '.join(LANGS)}")
+    if language.code not in TOY_LANGS:
+        raise PeaError(f"the toy world has no {language.code!r} captions", f"use one of: {', '.join(TOY_LANGS)}")
     root = profile.data_dir / "toy-data" / language.code
     if not (root / ".complete").exists():
         write_folders(root / "parallel", root / "culture", language.code, samples, TOY_CULTURE_SHARE, seed=0)

@@ -1,34 +1,37 @@
 """Training as a Prefect task: Ray Train does the work and its own retries (max_failures); the task is cached
 on the run name, config and feature manifest, so a finished job is not submitted twice. While the job runs,
-a progress artifact follows the `step` metric that rank 0 logs to MLflow."""
+its progress (a log line and a progress artifact) follows the `step` metric that rank 0 logs to MLflow."""
 
 import contextvars
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from pea import names
+from pea.adapter import WEIGHTS
 from pea.languages import Language
+from pea.layout import adapter_dir
 from pea.presets import Preset
 from pea.profiles import Profile
+from pea.progress import Progress
 from pea.tracking import find_train_run
 from pea.train.config import TrainConfig, TrainSwitches
+from pea.train.run import TrainResult
 from pea.train.run import train_adapter as train
-from tasks.data import CACHE
+from tasks.data import CACHE, cached_while_output_exists
+from tasks.progress import reporter
 
 POLL_S = 10
 log = logging.getLogger("pea.tasks")
 
 
 @contextmanager
-def training_progress(profile: Profile, lang: str, run_name: str, steps: int) -> Iterator[None]:
+def training_progress(profile: Profile, lang: str, run_name: str, steps: int, progress: Progress) -> Iterator[None]:
     """Poll the run's step in MLflow beside the blocking Ray job (the thread carries the task's Prefect context)."""
-    artifact = create_progress_artifact(0.0, description=f"training {run_name}")
     stop = threading.Event()
 
     def poll() -> None:
@@ -37,7 +40,7 @@ def training_progress(profile: Profile, lang: str, run_name: str, steps: int) ->
                 run = find_train_run(profile.mlflow_tracking_uri, lang, run_name)
                 step = run.data.metrics.get("step") if run else None
                 if step:
-                    update_progress_artifact(artifact, min(100.0, 100.0 * step / steps))
+                    progress(f"step {step:.0f}/{steps}", min(1.0, step / steps))
             except Exception as e:  # noqa: BLE001 -- progress is best effort; the job reports its own failures
                 log.debug("training progress not updated: %s", e)
 
@@ -45,21 +48,28 @@ def training_progress(profile: Profile, lang: str, run_name: str, steps: int) ->
     thread.start()
     try:
         yield
-        update_progress_artifact(artifact, 100.0)
     finally:
         stop.set()
         thread.join()
 
 
+def _adapter(language: Language, preset: Preset, cfg: TrainConfig, **_) -> tuple[str, ...]:
+    """The file the job writes last: the final adapter's weights."""
+    return adapter_dir(language.code, cfg.run_name or names.run_name(language.code, preset.name), WEIGHTS)
+
+
+@cached_while_output_exists(_adapter)
 @task(name="train", **(CACHE | {"cache_policy": CACHE["cache_policy"] - "switches"}))
 def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig, features: dict,
-                  switches: TrainSwitches = TrainSwitches()) -> dict:
+                  switches: TrainSwitches = TrainSwitches()) -> TrainResult:
     """`switches` (progress display, test hooks) are left out of the cache key: they do not change the result."""
     run_name = cfg.run_name or names.run_name(language.code, preset.name)
-    with training_progress(profile, language.code, run_name, cfg.steps):
+    progress = reporter(f"training {run_name}")
+    with training_progress(profile, language.code, run_name, cfg.steps, progress):
         result = train(profile, language, preset, cfg, switches)
+    progress(f"step {result.steps}/{cfg.steps}", 1.0)
     create_markdown_artifact(
         key=f"{names.model_name(language.code)}-training", description="the training job",
         markdown=f"**{result.run_name}**: {result.steps} steps, adapter at `{result.adapter_uri}`, "
                  f"MLflow run `{result.mlflow_run_id}`")
-    return asdict(result)
+    return result

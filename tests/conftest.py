@@ -1,5 +1,7 @@
+import os
 import sys
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 
@@ -30,7 +32,8 @@ def pea_cli(monkeypatch, capsys):
         monkeypatch.setattr(sys, "argv", ["pea", *args])
         code = 0
         try:
-            main()
+            with mock.patch.dict(os.environ):  # what the entry point sets for the libraries it runs stays in it
+                main()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         captured = capsys.readouterr()

@@ -26,6 +26,7 @@ from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.models.tiny import ensure_built
 from pea.presets import get_preset
+from pea.progress import quiet
 from pea.storage import Storage
 from servers import serve_files
 
@@ -196,11 +197,20 @@ def test_bucketing_drops_and_counts_broken_and_tiny_images(tmp_path):
             assert meta["original_size"] in ([40, 48], [72, 40])
 
 
+class Recorder(list):
+    """A Progress that keeps (message, fraction) of every call."""
+
+    def __call__(self, message: str, fraction: float | None = None) -> None:
+        self.append((message, fraction))
+
+
 def test_a_bucket_run_killed_half_way_resumes_without_redoing_or_duplicating(tmp_path):
     storage = Storage(str(tmp_path / "root"))
     for i in range(3):
         harvest(storage, "ko", SourceSpec(name=f"part{i}", kind="folder", uri=str(make_folder(tmp_path / f"i{i}", n=5))))
-    translate(storage, "ko", "kor_Hang", "fake-mt", FakeTranslator)
+    translated = Recorder()
+    translate(storage, "ko", "kor_Hang", "fake-mt", FakeTranslator, progress=translated)
+    assert [f for _, f in translated] == [1 / 3, 2 / 3, 1.0]  # one caption table per raw shard
 
     def crash_after_first(name):
         raise RuntimeError("injected")
@@ -209,9 +219,9 @@ def test_a_bucket_run_killed_half_way_resumes_without_redoing_or_duplicating(tmp
         bucket(storage, "ko", SMALL, after_input=crash_after_first)
     assert not storage.exists("ko", "shards", "manifest.json")
     first = {p: (tmp_path / "root" / p).stat().st_mtime_ns for p in storage.glob("ko", "shards", "*x*", "*.tar")}
-    redone = []
-    manifest = bucket(storage, "ko", SMALL, progress=redone.append)
-    assert len(redone) == 2  # the finished input was skipped
+    redone = Recorder()
+    manifest = bucket(storage, "ko", SMALL, progress=redone)
+    assert [f for _, f in redone] == [0.5, 1.0]  # the finished input was skipped: the fraction counts this run's work
     assert all((tmp_path / "root" / p).stat().st_mtime_ns == t for p, t in first.items())
     keys = _keys(storage, "ko", manifest)
     assert len(keys) == len(set(keys)) == 15 == manifest["samples"]
@@ -225,10 +235,10 @@ def tiny_sdxl(model_cache):
     return FeatureExtractor(pipe, student)
 
 
-def _chain(storage, tmp_path, extractor, n=16):
+def _chain(storage, tmp_path, extractor, n=16, progress=quiet):
     _prepare(storage, make_folder(tmp_path / "imgs", n=n, english_only_every=4))
     shards = bucket(storage, "ko", SMALL)
-    return shards, cache_features(storage, "ko", "tiny-sdxl", extractor, batch_size=5)
+    return shards, cache_features(storage, "ko", "tiny-sdxl", extractor, batch_size=5, progress=progress)
 
 
 def _check_loader(storage, features, extractor):
@@ -254,8 +264,11 @@ def _check_loader(storage, features, extractor):
 
 def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl):
     storage = Storage(str(tmp_path / "root"))
-    shards, features = _chain(storage, tmp_path, tiny_sdxl)
+    cached = Recorder()
+    shards, features = _chain(storage, tmp_path, tiny_sdxl, progress=cached)
     assert features["source_digest"] == shards["digest"]
+    n = len(features["shards"])
+    assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(features["shards"], 1)]
     assert [s["path"] for s in features["shards"]] == [s["path"] for s in shards["shards"]]
     _check_loader(storage, features, tiny_sdxl)
     first = next(iter(BucketBatchLoader(storage, ("ko", "shards"), shards["shards"], 2, image_batch)()))[1]

@@ -4,6 +4,8 @@ that images are scored without the SD1.5 safety checker."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -65,40 +67,40 @@ def test_images_are_scored_without_the_sd15_safety_checker(model_cache):
 
 
 def test_every_system_is_scored_on_the_paper_metrics(world):
-    m = world["first"]["metrics"]
+    m = world["first"].metrics
     assert set(m) == {"candidate", "teacher_en", "translate"}
     assert set(m["candidate"]) == {"mg_clipscore_native", "mg_clipscore_en", "mg_image_reward", "mg_pickscore",
                                    "mc_clipscore_native"}
     assert "mc_clipscore_native" not in m["teacher_en"]  # the English teacher is the MG reference only
-    assert set(world["second"]["metrics"]) == {"candidate", "champion", "teacher_en", "translate"}
-    assert world["second"]["champion_version"] == "1"
-    assert len(world["first"]["prompts"]["mg"]) == 3 and len(world["first"]["prompts"]["mc"]) == 3
+    assert set(world["second"].metrics) == {"candidate", "champion", "teacher_en", "translate"}
+    assert world["second"].champion_version == "1"
+    assert len(world["first"].prompts["mg"]) == 3 and len(world["first"].prompts["mc"]) == 3
 
 
 def test_the_champion_scored_in_the_second_run_is_the_first_candidate(world):
-    a, b = world["first"]["metrics"]["candidate"], world["second"]["metrics"]["champion"]
+    a, b = world["first"].metrics["candidate"], world["second"].metrics["champion"]
     assert b == pytest.approx(a)  # same adapter, same seeds, same prompts
 
 
 def test_the_report_shows_prompts_images_metrics_and_curves(world):
     storage = world["profile"].storage()
     page = storage.read_bytes("ko", "eval", "run-b", "index.html").decode()
-    prompt = world["second"]["prompts"]["mg"][0]
-    assert prompt["native"] in page and prompt["english"] in page
+    prompt = world["second"].prompts["mg"][0]
+    assert prompt.native in page and prompt.english in page
     # MG: 2 prompts x 4 systems, MC: 2 x 3 (no English teacher), and the training curves
     assert page.count("<img src='data:image/png;base64,") == 2 * 4 + 2 * 3 + 1
     assert "mc_clipscore_native (gate)" in page and "champion" in page
     for name in ("grid.png", "curves.png", "metrics.json"):
         assert storage.exists("ko", "eval", "run-b", name)
     client = MlflowClient(world["profile"].mlflow_tracking_uri)
-    run_id = world["second"]["train_run_id"]
+    run_id = world["second"].train_run_id
     assert {a.path for a in client.list_artifacts(run_id, "report")} >= {"report/index.html", "report/grid.png"}
     assert "eval.candidate.mc_clipscore_native" in client.get_run(run_id).data.metrics
 
 
 def test_the_first_version_is_champion_and_registering_again_adds_nothing(world):
-    assert world["reg_a"]["version"] == "1" and world["reg_a"]["promoted"] and world["reg_a"]["new_version"]
-    assert world["again"]["version"] == "1" and not world["again"]["new_version"]
+    assert world["reg_a"].version == "1" and world["reg_a"].promoted and world["reg_a"].new_version
+    assert world["again"].version == "1" and not world["again"].new_version
     client = registry_client(world["profile"].mlflow_tracking_uri)
     assert len(client.search_model_versions("name = 'pea-ko'")) == 2
 
@@ -106,10 +108,10 @@ def test_the_first_version_is_champion_and_registering_again_adds_nothing(world)
 def test_the_second_version_is_challenger_and_the_gate_decided_from_the_numbers(world):
     profile, reg = world["profile"], world["reg_b"]
     uri = profile.mlflow_tracking_uri
-    assert reg["version"] == "2" and reg["new_version"]
-    expected = decide(world["second"]["metrics"]["candidate"], world["second"]["metrics"]["champion"],
+    assert reg.version == "2" and reg.new_version
+    expected = decide(world["second"].metrics["candidate"], world["second"].metrics["champion"],
                       "mc_clipscore_native", "mg_image_reward", GateConfig(tolerance=0.05))
-    assert reg["promoted"] == expected.promote and reg["reason"] == expected.reason
+    assert reg.promoted == expected.promote and reg.reason == expected.reason
     assert str(version_by_alias(uri, "ko", "challenger").version) == "2"
     assert str(version_by_alias(uri, "ko", CHAMPION).version) == ("2" if expected.promote else "1")
     tags = registry_client(uri).get_model_version(model_name("ko"), "2").tags
@@ -142,9 +144,18 @@ def test_the_registered_pyfunc_gives_prompt_embeddings(world):
 
     with _tracking(world["profile"].mlflow_tracking_uri):
         model = mlflow.pyfunc.load_model("models:/pea-ko@challenger")
+    assert model.metadata.signature.inputs.to_dict() == [{"type": "string", "required": True}]  # from the type hint
     out = model.predict(pd.DataFrame({"prompt": ["빨간 원", "파란 사각형"]}))
     assert len(out) == 2 and len(out["prompt_embeds"][0]) == 96 and len(out["prompt_embeds"][0][0]) == 64
     assert len(out["pooled_prompt_embeds"][0]) == 32
+    assert model.predict(["빨간 원"])["prompt_embeds"][0] == out["prompt_embeds"][0]  # a plain list of prompts too
+
+
+def test_the_pyfunc_model_is_defined_without_mlflow_warnings():
+    """MLflow checks `predict` when the class is defined (the registered model's code is loaded by it)."""
+    code = "import warnings; warnings.simplefilter('default'); import pea.serving"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Warning" not in proc.stderr, proc.stderr
 
 
 def test_a_champion_whose_artifacts_are_gone_is_kept_with_the_reason(world):
@@ -155,9 +166,9 @@ def test_a_champion_whose_artifacts_are_gone_is_kept_with_the_reason(world):
     shutil.rmtree(source.removeprefix("file://"))
     fake_training_run(profile, "tiny-sdxl", "ko", "run-c", 2, world["scratch"])
     summary = evaluate_stage(profile, KO, TINY, "run-c", CFG)
-    assert "champion" not in summary["metrics"] and "could not be evaluated" in summary["notes"][0]
+    assert "champion" not in summary.metrics and "could not be evaluated" in summary.notes[0]
     reg = register_stage(profile, KO, TINY, "run-c")
-    assert not reg["promoted"] and "could not be evaluated" in reg["reason"]
+    assert not reg.promoted and "could not be evaluated" in reg.reason
     assert version_by_alias(profile.mlflow_tracking_uri, "ko", CHAMPION).version == champion.version
     metrics = json.loads(profile.storage().read_bytes("ko", "eval", "run-c", "metrics.json"))
     assert metrics["champion_problem"]

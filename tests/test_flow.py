@@ -45,31 +45,35 @@ def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(harness, 
         ray.shutdown()
     assert first.is_completed() and second.is_completed(), (first.message, second.message)
     one, two = first.result(), second.result()
-    assert one["version"] == "1" and one["promoted"] and one["reason"] == "no champion yet"
-    assert two["version"] == "2" and two["run_name"] != one["run_name"]
+    assert one.registration.version == "1" and one.registration.promoted
+    assert one.registration.reason == "no champion yet" and one.registration.champion_version == "1"
+    assert two.registration.version == "2" and two.run_name != one.run_name
     states = _task_states(second.state_details.flow_run_id)
     assert {states[s] for s in ("translate", "bucket", "cache")} == {"Cached"}, states
     assert states["train"] == "Completed"
     profile = load_profile("local", env={}, cwd=tmp_path)
-    methods = [find_train_run(profile.mlflow_tracking_uri, "ko", r["run_name"]).data.params["train.method"] for r in (one, two)]
+    methods = [find_train_run(profile.mlflow_tracking_uri, "ko", r.run_name).data.params["train.method"] for r in (one, two)]
     assert methods == ["pea", "ukd"]  # the run config's method is what trained
     storage = profile.storage()
     assert storage.read_json("ko", "shards", "manifest.json")["samples"] == 120
-    assert load_adapter(tmp_path / "pea-data" / "storage" / "ko" / "adapters" / two["run_name"]).config.language == "ko"
-    assert storage.glob("ko", "train", two["run_name"], "checkpoint_*")
+    assert load_adapter(tmp_path / "pea-data" / "storage" / "ko" / "adapters" / two.run_name).config.language == "ko"
+    assert storage.glob("ko", "train", two.run_name, "checkpoint_*")
     registry = mlflow_client(profile.mlflow_tracking_uri)
     version = registry.get_model_version("pea-ko", "2")
     # the second evaluation compared against v1; the gate (the flow's default tolerance) must have decided what
     # pea.gate.decide says on the numbers that evaluation recorded, and the champion alias must follow it
-    assert storage.read_json("ko", "eval", two["run_name"], "metrics.json")["champion_version"] == "1"
+    assert storage.read_json("ko", "eval", two.run_name, "metrics.json")["champion_version"] == "1"
     expected = expected_decision(registry, version, GateConfig())
     assert expected.numbers.keys() >= {"candidate_primary", "champion_primary"}, expected  # a real comparison
     assert {k: version.tags.get(k) for k in expected.tags()} == expected.tags()
-    assert two["promoted"] == expected.promote and two["reason"] == expected.reason == version.tags["pea.gate.reason"]
-    assert str(registry.get_model_version_by_alias("pea-ko", "champion").version) == ("2" if expected.promote else "1")
+    assert two.registration.promoted == expected.promote
+    assert two.registration.reason == expected.reason == version.tags["pea.gate.reason"]
+    champion = str(registry.get_model_version_by_alias("pea-ko", "champion").version)
+    assert champion == two.registration.champion_version == ("2" if expected.promote else "1")
+    assert two.report == storage.uri("ko", "eval", two.run_name, "index.html")
     with get_client(sync_client=True) as client:
         progress = {a.description: a.data for a in client.read_artifacts() if a.type == "progress"}
-    assert progress[f"training {two['run_name']}"] == 100.0 and progress[f"evaluating {two['run_name']}"] == 100.0
+    assert progress[f"training {two.run_name}"] == 100.0 and progress[f"evaluating {two.run_name}"] == 100.0
 
 
 def test_bad_parameters_are_refused_before_any_work(harness, tmp_path, monkeypatch):
@@ -98,3 +102,28 @@ def test_a_failing_stage_fails_the_flow_with_its_own_message(harness, tmp_path, 
     state = pea(lang="ko", config={"preset": "tiny-sdxl", "data": {"sources": sources}}, return_state=True)
     assert state.is_failed() and f"source folder {gone} does not exist" in state.message, state.message
     assert time.monotonic() - start < 60  # no 10 + 60 + 300 s of retry backoff
+
+
+def test_a_stage_whose_output_was_deleted_runs_again_instead_of_returning_its_cached_result(harness, tmp_path):
+    """Prefect keeps its cache records outside the data (~/.prefect/storage): after the user deletes the data,
+    a cached stage must not return its manifest of files that are gone (training would find no shards)."""
+    from data_helpers import make_folder
+
+    from flows.pea_flow import harvest
+    from pea.data.sources import SourceSpec
+    from pea.languages import get_language
+    from pea.profiles import load_profile
+
+    profile = load_profile("local", env={}, cwd=tmp_path)
+    source = SourceSpec(name="imgs", kind="folder", uri=str(make_folder(tmp_path / "imgs", n=3)))
+    storage = profile.storage()
+
+    def harvest_state() -> str:
+        state = harvest(profile, get_language("ko"), [source], return_state=True)
+        assert state.is_completed(), state.message
+        return _task_states(state.state_details.flow_run_id)["harvest"]
+
+    assert [harvest_state(), harvest_state()] == ["Completed", "Cached"]
+    storage.remove("ko", "raw")
+    assert harvest_state() == "Completed" and storage.exists("ko", "raw", "imgs", "manifest.json")
+    assert harvest_state() == "Cached"

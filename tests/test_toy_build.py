@@ -4,14 +4,14 @@ import random
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from pea.languages import get_language
 from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.presets import get_preset
-from pea.toy.build import ToyConfig, build_toy, digest, ensure_toy, load_judge
+from pea.toy.build import ToyConfig, build_toy, digest, ensure_student, ensure_toy, load_judge
 from pea.toy.judge import to_tensor
 from pea.toy.world import general_scenes, render
 
@@ -28,18 +28,23 @@ def small_world(tmp_path_factory):
 
 
 def test_a_small_world_loads_through_the_toy_presets_paths(small_world, monkeypatch):
-    import pea.models.loading as loading
+    """The toy teacher is laid out as the real SDXL repo: its pipeline class, Euler scheduler, zero null
+    conditioning, pooled width and time-id embedding; students are built on first use, per language."""
+    import pea.toy.build as build
 
     cache, folder = small_world
     assert folder.name == f"toy-{digest(SMALL)}"
-    monkeypatch.setattr(loading, "_built", lambda name, cache: folder / (
-        "teacher" if name == "toy" else f"student-{name.removeprefix('toy-student-')}"))
+    monkeypatch.setattr(build.ensure_toy, "__defaults__", (SMALL,))  # the preset's world: this small one
     preset = get_preset("toy")
     pipe = load_pipeline(preset, cache)
-    assert isinstance(pipe, StableDiffusionPipeline) and pipe.unet.config.cross_attention_dim == preset.context_dim
-    for lang in ("ko", "zh", "ja", "ru", "it"):
+    assert isinstance(pipe, StableDiffusionXLPipeline) and isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert pipe.config.force_zeros_for_empty_prompt and pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.unet.config.cross_attention_dim == preset.context_dim
+    assert pipe.text_encoder_2.config.projection_dim == preset.pooled_dim
+    assert not (folder / "student-zh").exists()
+    for lang in ("ko", "zh", "ja", "ru", "it", "multilingual"):
         student = load_text_encoder(preset.student_for(get_language(lang)), cache)
-        assert student.encode(["x"]).states.shape[-1] == 64
+        assert student.encode(["x"]).states.shape[-1] == 64 and (folder / f"student-{lang}").is_dir()
     judge, saved = load_judge(folder), load_file(folder / "judge.safetensors")
     loaded = judge.state_dict()  # the saved judge's weights, every one of them, ready to score (eval mode)
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
@@ -53,7 +58,8 @@ def test_a_small_world_loads_through_the_toy_presets_paths(small_world, monkeypa
 def test_the_build_is_bit_for_bit_repeatable(small_world, tmp_path):
     a = small_world[1]  # built by ensure_toy, i.e. build_toy, earlier in this process
     b = build_toy(tmp_path / "b", SMALL)
-    for part in ("teacher/unet/diffusion_pytorch_model.safetensors", "teacher/text_encoder/model.safetensors",
+    ensure_student(a, "ko"), ensure_student(b, "ko")
+    for part in ("teacher/unet/diffusion_pytorch_model.safetensors", "teacher/text_encoder_2/model.safetensors",
                  "student-ko/model.safetensors", "judge.safetensors"):
         wa, wb = load_file(a / part), load_file(b / part)
         assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), part

@@ -3,8 +3,10 @@ import random
 import pytest
 
 from pea.toy.judge import CHANCE, to_tensor, train_judge
-from pea.toy.world import (CULTURE, LANGS, WORDS, Scene, caption, culture_scenes, dictionary_english,
-                           general_scenes, render, sample_scenes)
+from pea.toy.build import STUDENT_TOKENS
+from pea.toy.world import (BACKGROUNDS, COLORS, CULTURE, LANGS, MULTILINGUAL, SHAPES, WORDS, Scene, caption,
+                           culture_lang, culture_scenes, dictionary_english, general_scenes, prompt_langs, render,
+                           sample_scenes, training_scenes, write_folders)
 
 
 @pytest.mark.parametrize("lang", ["en", *LANGS])
@@ -29,7 +31,7 @@ def test_word_order_and_agreement_follow_each_language():
 def test_culture_words_lose_their_colour_in_translation(lang):
     for scene in culture_scenes(lang):
         assert scene.culture_word in caption(scene, lang)
-        english = dictionary_english(scene, lang)
+        english = dictionary_english(scene)
         assert scene.color not in english and scene.shape in english
     assert len(CULTURE[lang]) >= 2
 
@@ -51,3 +53,44 @@ def test_the_judge_tells_faithful_images_from_mismatched_ones():
     mismatched = judge.score(images, scenes[1:] + scenes[:1]).mean().item()
     assert faithful > 0.9
     assert abs(mismatched - CHANCE) < 0.1
+
+
+def test_every_caption_fits_the_student_window():
+    """ByT5 reads bytes: the longest caption (a Russian one) plus EOS must not be cut."""
+    captions = [caption(s, lang) for lang in ["en", *LANGS] for s in general_scenes()]
+    captions += [caption(s, culture_lang(s)) for s in culture_scenes(MULTILINGUAL)]
+    assert max(len(c.encode()) for c in captions) + 1 <= STUDENT_TOKENS
+
+
+def test_held_out_scenes_are_new_compositions_of_seen_parts():
+    heldout, seen = general_scenes(heldout=True), general_scenes(heldout=False)
+    assert len(heldout) == 18 and len(seen) == 54
+    for s in heldout:  # every pair of its attributes was seen together
+        assert any(t.shape == s.shape and t.color == s.color for t in seen)
+        assert any(t.color == s.color and t.background == s.background for t in seen)
+    for values, attr in ((SHAPES, "shape"), (COLORS, "color"), (BACKGROUNDS, "background")):
+        assert {getattr(s, attr) for s in heldout} == set(values)
+    for lang in LANGS:  # one background of every culture item is held out, the others are seen
+        for word in CULTURE[lang]:
+            split = [s.heldout for s in culture_scenes(lang) if s.culture_word == word]
+            assert sorted(split) == [False, False, True]
+
+
+@pytest.mark.parametrize("lang", [*LANGS, MULTILINGUAL])
+def test_training_data_never_holds_a_held_out_caption(lang, tmp_path):
+    write_folders(tmp_path / "parallel", tmp_path / "culture", lang, 400, 0.15, seed=0)
+    texts = {p.read_text(encoding="utf-8") for p in tmp_path.rglob("*.txt")}
+    native = "en" if lang == MULTILINGUAL else lang
+    heldout = {caption(s, code) for s in general_scenes(heldout=True) for code in ("en", native)}
+    heldout |= {caption(s, culture_lang(s)) for s in culture_scenes(MULTILINGUAL, heldout=True)}
+    assert texts and not texts & heldout
+    culture = list((tmp_path / "culture").glob("*.txt"))
+    assert (len(culture) == 0) == (lang == MULTILINGUAL)  # the multilingual adapter learns from English only
+    assert not any(s.heldout for s in training_scenes(lang, 400, 0.15, random.Random(0)))
+
+
+def test_multilingual_prompts_take_the_languages_in_turn():
+    scenes = general_scenes(heldout=True)[:5] + culture_scenes("ja", heldout=True)
+    langs = prompt_langs(MULTILINGUAL, scenes)
+    assert langs[:5] == LANGS and set(langs[5:]) == {"ja"}
+    assert prompt_langs("ko", scenes) == ["ko"] * len(scenes)

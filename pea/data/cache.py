@@ -4,7 +4,6 @@ shards under <lang>/features/<preset>/; a shard's file appears whole or not at a
 the ones that exist. At scale the same per-shard function is a Ray Data map over the shard list."""
 
 import hashlib
-from collections.abc import Callable
 
 import torch
 from safetensors.torch import save
@@ -14,6 +13,7 @@ from pea.data.tars import iter_samples, write_shard
 from pea.errors import PeaError
 from pea.features import FeatureExtractor
 from pea.layout import features_dir, shards_dir
+from pea.progress import Progress, quiet
 from pea.storage import Storage
 
 
@@ -24,7 +24,7 @@ def cache_features(
     extractor: FeatureExtractor,
     batch_size: int = 32,
     dtype: torch.dtype = torch.float16,
-    progress: Callable[[str], None] = lambda msg: None,
+    progress: Progress = quiet,
 ) -> dict:
     shards_manifest = storage.read_json(*shards_dir(lang), "manifest.json")
     out = features_dir(lang, preset)
@@ -33,13 +33,12 @@ def cache_features(
         "teacher_context": null.teacher_context.contiguous(), "student_states": null.student_states.contiguous(),
         "student_mask": null.student_mask.contiguous(),
     }), *out, "null.safetensors")
-    written = []
-    for shard in shards_manifest["shards"]:
-        parts = (*out, *shard["path"].split("/"))
-        if not storage.exists(*parts):
-            storage.write_bytes(_cache_shard(storage, lang, shard["path"], extractor, batch_size, dtype), *parts)
-            progress(f"cached {shard['path']}")
-        written.append({**shard, "sha256": hashlib.sha256(storage.read_bytes(*parts)).hexdigest()})
+    todo = [s["path"] for s in shards_manifest["shards"] if not storage.exists(*out, *s["path"].split("/"))]
+    for done, path in enumerate(todo, 1):
+        storage.write_bytes(_cache_shard(storage, lang, path, extractor, batch_size, dtype), *out, *path.split("/"))
+        progress(f"cached {path}", done / len(todo))
+    written = [{**s, "sha256": hashlib.sha256(storage.read_bytes(*out, *s["path"].split("/"))).hexdigest()}
+               for s in shards_manifest["shards"]]
     manifest = {"preset": preset, "dtype": str(dtype).removeprefix("torch."), "shards": written,
                 "source_digest": shards_manifest["digest"],
                 "digest": hashlib.sha256("".join(s["sha256"] for s in written).encode()).hexdigest()}

@@ -16,6 +16,7 @@ from PIL import Image
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.layout import captions_dir, raw_dir, shards_dir
+from pea.progress import Progress, quiet
 from pea.storage import Storage
 
 
@@ -23,19 +24,22 @@ def bucket(
     storage: Storage,
     lang: str,
     cfg: BucketConfig,
-    progress: Callable[[str], None] = lambda msg: None,
+    progress: Progress = quiet,
     after_input: Callable[[str], None] = lambda name: None,
 ) -> dict:
     buckets = make_buckets(cfg)
+    todo = []  # (caption table, source, stem) of every input not done yet: the progress fraction counts these
     for table_path in storage.glob(*captions_dir(lang, "*", "*.parquet")):
         source, stem = table_path.split("/")[-2], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if not storage.exists(*shards_dir(lang), "_done", f"{source}-{stem}.json"):
+            todo.append((table_path, source, stem))
+    for finished, (table_path, source, stem) in enumerate(todo, 1):
         name = f"{source}-{stem}"
-        if storage.exists(*shards_dir(lang), "_done", f"{name}.json"):
-            continue
         captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(table_path))).to_pylist()}
         done = _bucket_one(storage, lang, cfg, buckets, source, stem, captions)
         storage.write_json(done, *shards_dir(lang), "_done", f"{name}.json")
-        progress(f"bucketed {source}/{stem}: {done['kept']} kept, {sum(done['dropped'].values())} dropped")
+        progress(f"bucketed {source}/{stem}: {done['kept']} kept, {sum(done['dropped'].values())} dropped",
+                 finished / len(todo))
         after_input(name)
     manifest = _manifest(storage, lang, cfg)
     storage.write_json(manifest, *shards_dir(lang), "manifest.json")

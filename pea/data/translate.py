@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pea.data.tars import iter_samples
 from pea.layout import captions_dir, raw_dir, translation_cache
+from pea.progress import Progress, quiet
 from pea.storage import Storage
 
 ENGLISH_CODE = "eng_Latn"  # NLLB's code; tokenizers without language codes ignore it
@@ -86,29 +87,31 @@ def translate(
     lang_code: str,
     model_id: str,
     load_translator: Callable[[], Callable[[list[str], str, str], list[str]]],
-    progress: Callable[[str], None] = lambda msg: None,
+    progress: Progress = quiet,
 ) -> dict:
     """Caption tables for every raw shard of `lang` not done yet; `load_translator` runs only on a cache miss."""
     cache = TranslationCache(storage, model_id)
     get_translator = functools.cache(load_translator)
     totals = {"translated": 0, "cached": 0, "copied": 0}
+    todo = []  # (raw shard, its caption table) of every shard not done yet: the progress fraction counts these
     for raw_manifest in storage.glob(*raw_dir(lang, "*", "manifest.json")):
         source = raw_manifest.split("/")[-2]
         for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
             out = captions_dir(lang, source, shard.replace(".tar", ".parquet"))
-            if storage.exists(*out):
-                continue
-            rows = _read_captions(storage, raw_dir(lang, source, shard))
-            for key, n in _fill(rows, lang_code, cache, get_translator).items():
-                totals[key] += n
-            for r in rows:
-                r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
-            table = pa.Table.from_pylist(
-                [{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows], schema=CAPTIONS)
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            storage.write_bytes(buf.getvalue(), *out)
-            progress(f"translated {'/'.join(out)}")
+            if not storage.exists(*out):
+                todo.append((raw_dir(lang, source, shard), out))
+    for done, (raw, out) in enumerate(todo, 1):
+        rows = _read_captions(storage, raw)
+        for key, n in _fill(rows, lang_code, cache, get_translator).items():
+            totals[key] += n
+        for r in rows:
+            r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
+        table = pa.Table.from_pylist(
+            [{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows], schema=CAPTIONS)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.write_bytes(buf.getvalue(), *out)
+        progress(f"translated {'/'.join(out)}", done / len(todo))
     tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
     kinds = [k for t in tables for k in pq.read_table(io.BytesIO(storage.read_bytes(t)))["kind"].to_pylist()]
     manifest = {"model": model_id, "tables": tables,

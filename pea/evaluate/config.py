@@ -21,6 +21,16 @@ class EvalModels(BaseModel):
     toy_judge: bool = False  # the toy world scores with its judge instead of all of the above
 
 
+class EvalDefaults(BaseModel):
+    """What a preset's evaluations use unless the run says otherwise: real base models sample 25 steps in
+    batches a GPU holds at 1024 px; the toy world's 32 px teacher samples whole prompt sets in a batch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(25, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
 class EvalConfig(BaseModel):
     """How images are made for scoring: fixed seeds, so every system sees the same noise per prompt."""
 
@@ -28,11 +38,16 @@ class EvalConfig(BaseModel):
 
     images_per_prompt: int = Field(1, ge=1)
     seed: int = 0
-    steps: int = Field(25, ge=1)
+    steps: int | None = Field(None, ge=1)  # None: the preset's (EvalDefaults), filled in by for_preset
     guidance: float = Field(5.0, ge=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # None: the preset's
     max_prompts: int | None = Field(None, ge=1)  # per set; None: all of them
     report_prompts: int = Field(6, ge=1)  # prompts per set shown in the report
+
+    def for_preset(self, preset) -> "EvalConfig":
+        """This config with every field left to the preset filled from it (what the evaluation runs)."""
+        defaults = preset.eval.model_dump()
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 class GateConfig(BaseModel):

@@ -48,9 +48,8 @@ def _draw(call, texts: list[str], seeds: list[int], cfg: EvalConfig, device: str
 def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path,
              progress: Progress = quiet, notes: list[str] | None = None) -> EvalResult:
     """`pipe` is the base diffusers pipeline; `candidate` and `champion` are PEAPipelines around it (champion
-    may be None). Returns the mean of every metric per system."""
-    from tqdm.auto import tqdm
-
+    may be None). Returns the mean of every metric per system. Progress goes to `progress` only (no bars of
+    its own): one line per (set, system) scored, with the fraction of the evaluation done."""
     device = str(pipe.device)
     pipe.set_progress_bar_config(disable=True)
     systems: dict[str, Callable] = {"candidate": lambda t, **kw: candidate(t, **kw)}
@@ -72,13 +71,10 @@ def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path
                 continue
             texts = {"teacher_en": [p.english for p, _ in items], "translate": [english_of[p.id] for p, _ in items]}.get(
                 system, [p.native for p, _ in items])
-            bar = tqdm(total=len(items), desc=f"{set_name} {system}", unit="img", disable=None)
             images = []
             for start in range(0, len(items), cfg.batch_size):
                 images += _draw(call, texts[start : start + cfg.batch_size], seeds[start : start + cfg.batch_size],
                                 cfg, device)
-                bar.update(min(cfg.batch_size, len(items) - start))
-            bar.close()
             for (p, k), image in zip(items, images):
                 path = image_path(out, set_name, system, p, k)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from pea import names, tracking
 from pea.errors import PeaError
 from pea.evaluate.config import EvalConfig, GateConfig
+from pea.evaluate.prompts import EvalPrompt
 from pea.languages import Language
 from pea.layout import adapter_dir, eval_dir
 from pea.presets import Preset
@@ -20,6 +23,42 @@ from pea.profiles import Profile
 from pea.progress import Progress, quiet
 
 REPORT_FILES = ("index.html", "grid.png", "curves.png")
+
+
+class EvalSummary(BaseModel):
+    """What an evaluation found: its metrics.json (the file keeps this layout) and where its report page is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_name: str
+    train_run_id: str
+    preset: str
+    metrics: dict[str, dict[str, float]]  # system -> "<set>_<metric>" -> mean score
+    primary: str  # the metric the gate wants raised
+    guard: str  # the metric it may not see fall
+    notes: list[str]
+    prompts: dict[str, list[EvalPrompt]]
+    champion_version: str | None  # the champion scored beside the candidate
+    champion_problem: str | None  # why the champion could not be scored
+    config: EvalConfig
+    report: str  # URI of the report page
+
+
+class Registration(BaseModel):
+    """What registering a run did: its version of pea-<lang> and the gate's decision."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    version: str
+    new_version: bool  # False: this run was registered before (a retry)
+    promoted: bool
+    reason: str
+    champion_version: str | None  # where the champion alias points now
+    primary: str
+    guard: str
+    candidate: dict[str, float]
+    champion: dict[str, float] | None  # the champion's scores in the evaluation
 
 
 def _train_run(profile: Profile, language: Language, run_name: str):
@@ -78,7 +117,7 @@ def scoring_pipeline(preset: Preset, model_cache: Path, device: str):
 
 
 def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
-                   cfg: EvalConfig = EvalConfig(), progress: Progress = quiet) -> dict:
+                   cfg: EvalConfig = EvalConfig(), progress: Progress = quiet) -> EvalSummary:
     import torch
     from mlflow.entities import Metric
 
@@ -89,6 +128,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     run_name = run_name or names.run_name(language.code, preset.name)
     run = _train_run(profile, language, run_name)
     storage = profile.storage()
+    cfg = cfg.for_preset(preset)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
@@ -117,12 +157,11 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
                                                    for system, m in result.metrics.items() for k, v in m.items()])
         client.log_artifacts(run.info.run_id, str(tmp / "report"), artifact_path="report")
         storage.write_json(summary, *eval_dir(language.code, run_name), "metrics.json")  # last: the stage's done-mark
-    summary["report"] = storage.uri(*eval_dir(language.code, run_name), "index.html")
-    return summary
+    return EvalSummary(**summary, report=storage.uri(*eval_dir(language.code, run_name), "index.html"))
 
 
 def register_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
-                   gate: GateConfig = GateConfig()) -> dict:
+                   gate: GateConfig = GateConfig()) -> Registration:
     from pea.gate import Decision, decide
     from pea.registry import CHAMPION, apply_decision, register, version_by_alias
     run_name = run_name or names.run_name(language.code, preset.name)
@@ -154,6 +193,8 @@ def register_stage(profile: Profile, language: Language, preset: Preset, run_nam
         decision = decide(candidate, summary["metrics"].get("champion") if champion else None, primary, guard, gate,
                           problem if champion is not None else None)
         apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags())
-    return {"model": names.model_name(language.code), "version": registered.version, "new_version": registered.created,
-            "promoted": decision.promote, "reason": decision.reason, "primary": primary, "guard": guard,
-            "candidate": candidate, "champion": summary["metrics"].get("champion")}
+    champion_version = registered.version if decision.promote else str(champion.version) if champion else None
+    return Registration(model=names.model_name(language.code), version=registered.version,
+                        new_version=registered.created, promoted=decision.promote, reason=decision.reason,
+                        champion_version=champion_version, primary=primary, guard=guard, candidate=candidate,
+                        champion=summary["metrics"].get("champion"))

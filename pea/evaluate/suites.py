@@ -3,7 +3,8 @@ baseline and the two metrics the champion gate reads.
 
 Real and tiny presets share one suite (the MG/MC files, the paper's metrics; tiny presets name tiny metric
 models). The toy preset's teacher draws only shapes, so its suite is the toy world's own prompts, scored by
-its judge, with the world's lossy dictionary as the translate baseline.
+its judge, with the world's lossy dictionary as the translate baseline: MG on the held-out combinations (the
+headline: no adapter trained on them), MG_seen on seen ones, MC on held-out culture scenes.
 """
 
 from collections.abc import Callable
@@ -61,42 +62,61 @@ def _machine_translation(preset: Preset, language: Language, model_cache: Path) 
 
 @dataclass
 class JudgeScorer:
-    """The toy world's CLIPScore: the judge's mean probability of the prompt's shape, colour, background."""
+    """The toy world's CLIPScore: the judge's mean probability of the asked values on `heads` (the prompt's
+    shape, colour and background; on culture prompts the word's shape and colour), or with `accuracy` the
+    share of images whose top class on the one head is the asked value."""
 
     judge: object
     scenes: dict  # native prompt -> Scene
     name: str = "judge"
+    heads: tuple[str, ...] = ("shape", "color", "background")
+    accuracy: bool = False
     text: str = "native"
 
     def __call__(self, images, texts):
         from pea.toy.judge import to_tensor
+        from pea.toy.world import SIZE
 
-        return self.judge.score(to_tensor([im.convert("RGB").resize((32, 32)) for im in images]),
-                                [self.scenes[t] for t in texts]).tolist()
+        pixels = to_tensor([im.convert("RGB").resize((SIZE, SIZE)) for im in images])
+        scenes = [self.scenes[t] for t in texts]
+        if self.accuracy:
+            return self.judge.head_hits(pixels, scenes)[self.heads[0]].tolist()
+        return self.judge.score(pixels, scenes, self.heads).tolist()
 
 
-def toy_prompts(lang: str, culture_repeats: int = 8) -> tuple[dict[str, list[EvalPrompt]], dict]:
-    """MG: every general scene once; MC: every culture scene `culture_repeats` times (there are six)."""
-    from pea.toy.world import (
-        caption,
-        culture_scenes,
-        dictionary_english,
-        general_scenes,
-    )
+TOY_SEEN_SHARE = 3  # MG_seen scores every third seen scene: as many prompts as the held-out set
+TOY_IMAGES = {"mg": 36, "mc": 16}  # images per held-out set (each scene repeated): enough for the judge's mean
 
-    mg = [EvalPrompt(f"toy-{s.shape}-{s.color}-{s.background}", caption(s, lang), caption(s, "en"), lang)
-          for s in general_scenes()]
-    mc = [EvalPrompt(f"toy-{s.culture_word}-{s.background}-{k}", caption(s, lang), dictionary_english(s, lang), lang)
-          for k in range(culture_repeats) for s in culture_scenes(lang)]
-    scenes = {caption(s, lang): s for s in general_scenes() + culture_scenes(lang)}
-    return {"mg": mg, "mc": mc}, scenes
+
+def toy_prompts(lang: str) -> tuple[dict[str, list[EvalPrompt]], dict]:
+    """MG: the held-out general scenes (the headline), MG_seen: seen ones for comparison, MC: the held-out
+    culture scenes; each prompt in `lang` (multilingual: the languages in turn). Returns the sets and the
+    scene of every native prompt."""
+    from pea.toy.world import (LANGS, MULTILINGUAL, caption, culture_lang, culture_scenes, dictionary_english,
+                               general_scenes, prompt_langs)
+
+    def prompts(name: str, scenes: list, images: int | None = None) -> list[EvalPrompt]:
+        scenes = scenes * -(-(images or len(scenes)) // len(scenes))
+        return [EvalPrompt(f"{name}-{i:03d}", caption(s, code), dictionary_english(s), code)
+                for i, (s, code) in enumerate(zip(scenes, prompt_langs(lang, scenes)))]
+
+    sets = {"mg": prompts("heldout", general_scenes(heldout=True), TOY_IMAGES["mg"]),
+            "mg_seen": prompts("seen", general_scenes(heldout=False)[::TOY_SEEN_SHARE]),
+            "mc": prompts("culture", culture_scenes(lang, heldout=True), TOY_IMAGES["mc"])}
+    langs = LANGS if lang == MULTILINGUAL else [lang]
+    scenes = {caption(s, code): s for s in general_scenes() + culture_scenes(lang) for code in langs
+              if not s.culture_word or culture_lang(s) == code}
+    return sets, scenes
 
 
 def _toy_suite(language: Language, model_cache: Path) -> Suite:
     from pea.toy.build import ensure_toy, load_judge
 
     sets, scenes = toy_prompts(language.code)
-    judge = JudgeScorer(load_judge(ensure_toy(model_cache)), scenes)
-    return Suite(sets=sets, scorers={"mg": [judge], "mc": [judge]},
+    judge = load_judge(ensure_toy(model_cache))
+    general = [JudgeScorer(judge, scenes)] + [JudgeScorer(judge, scenes, head, (head,), accuracy=True)
+                                              for head in ("shape", "color", "background")]
+    word = JudgeScorer(judge, scenes, "judge_word", ("shape", "color"))
+    return Suite(sets=sets, scorers={"mg": general, "mg_seen": general, "mc": [word]},
                  translate=lambda prompts: [p.english for p in prompts],  # the world's dictionary (lossy on culture)
-                 primary="mc_judge", guard="mg_judge")
+                 primary="mc_judge_word", guard="mg_judge")

@@ -14,10 +14,10 @@ TOY_STUDENT = "toy-student-"
 def _built(name: str, model_cache: Path) -> Path:
     """Folders of built-locally models: tiny ones, and the toy world's teacher and students."""
     if name == "toy" or name.startswith(TOY_STUDENT):
-        from pea.toy.build import ensure_toy
+        from pea.toy.build import ensure_student, ensure_toy
 
         world = ensure_toy(Path(model_cache))
-        return world / ("teacher" if name == "toy" else f"student-{name.removeprefix(TOY_STUDENT)}")
+        return world / "teacher" if name == "toy" else ensure_student(world, name.removeprefix(TOY_STUDENT))
     return ensure_built(name, model_cache)
 
 
@@ -33,12 +33,7 @@ def pipeline_source(preset: Preset, model_cache: Path) -> str:
 
 
 def encoder_source(spec: EncoderSpec, model_cache: Path) -> str:
-    if is_built_locally(spec.id):
-        source = _built(spec.id, model_cache)
-        if not source.exists():
-            raise PeaError(f"the toy world has no student encoder {spec.id!r}", "use one of the toy languages: ko, zh, ja, ru, it")
-        return str(source)
-    return spec.id
+    return model_source(spec.id, model_cache)
 
 
 def model_source(name: str, model_cache: Path) -> str:

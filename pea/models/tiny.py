@@ -102,8 +102,9 @@ def _component(part: str, class_name: str, sizes: Path, real: Path):
 
     if part == "scheduler":
         return getattr(diffusers, class_name).from_config(_config(real, "scheduler.json"))
-    if class_name == "CLIPTokenizer":
-        return _clip_tokenizer()
+    if class_name == "CLIPTokenizer":  # as long as its encoder's positions (77 in every real repo)
+        encoder = _config(sizes, part.replace("tokenizer", "text_encoder") + ".json")
+        return _clip_tokenizer(encoder["max_position_embeddings"])
     config = _config(sizes, f"{part}.json")
     builders = {
         "UNet2DConditionModel": lambda: diffusers.UNet2DConditionModel.from_config(config),
@@ -119,15 +120,15 @@ def _component(part: str, class_name: str, sizes: Path, real: Path):
     return builders[class_name]()
 
 
-def _clip_tokenizer():
-    """The real CLIP BPE tokenizer (77 tokens), from the merges open_clip ships."""
+def _clip_tokenizer(max_length: int):
+    """The real CLIP BPE tokenizer, from the merges open_clip ships."""
     from transformers import CLIPTokenizer
 
     from pea.models.clip_vocab import write_clip_tokenizer_files
 
     with tempfile.TemporaryDirectory() as vocab:
         write_clip_tokenizer_files(Path(vocab))
-        return CLIPTokenizer(f"{vocab}/vocab.json", f"{vocab}/merges.txt", model_max_length=77)
+        return CLIPTokenizer(f"{vocab}/vocab.json", f"{vocab}/merges.txt", model_max_length=max_length)
 
 
 def _save_byt5(name: str, out: Path, cfg: Path) -> None:

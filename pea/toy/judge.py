@@ -31,11 +31,20 @@ class Judge(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
-        """(B,) mean probability of each scene's shape, colour and background."""
+    def head_probs(self, images: torch.Tensor, scenes: list[Scene]) -> dict[str, torch.Tensor]:
+        """head -> (B,) probability of each scene's value on that head."""
         probs = {k: v.softmax(-1) for k, v in self(images).items()}
-        per_head = [probs[k][torch.arange(len(scenes)), _targets(scenes, k)] for k in HEADS]
-        return torch.stack(per_head).mean(0)
+        return {k: probs[k][torch.arange(len(scenes)), _targets(scenes, k)] for k in HEADS}
+
+    @torch.no_grad()
+    def head_hits(self, images: torch.Tensor, scenes: list[Scene]) -> dict[str, torch.Tensor]:
+        """head -> (B,) 1.0 where the judge's top class is the scene's value (per-head accuracy)."""
+        return {k: (v.argmax(-1) == _targets(scenes, k)).float() for k, v in self(images).items()}
+
+    def score(self, images: torch.Tensor, scenes: list[Scene], heads: tuple[str, ...] = tuple(HEADS)) -> torch.Tensor:
+        """(B,) mean probability of each scene's values on `heads` (default: shape, colour and background)."""
+        probs = self.head_probs(images, scenes)
+        return torch.stack([probs[k] for k in heads]).mean(0)
 
 
 def _targets(scenes: list[Scene], head: str) -> torch.Tensor:

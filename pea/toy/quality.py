@@ -1,130 +1,94 @@
-"""Measure the method in the toy world: how well generated images show what the prompt asked.
+"""Measure the method in the toy world with the pipeline's own stages: what is measured is what runs.
 
-Every number is the judge's mean score over generated images (chance ~0.22, faithful ~1.0):
-teacher_en (English prompts, the upper reference), student_untrained, student_pea (after KD of the adapter
-alone), translate_baseline (native -> dictionary English -> teacher), and the same on culture prompts.
+Per language: the toy data (seen scenes only) through harvest, translate, bucket and cache; the adapter
+through `pea.train.run.train_adapter` (Ray Train, the `toy` preset's training defaults: what `pea train`
+runs); `evaluate_stage` (the judge on held-out and seen prompts, with the teacher and the translate baseline
+beside the candidate); and the same evaluation of an untrained adapter. The benchmark
+(benchmarks/toy_quality.py) and tests/test_toy_quality.py both call `measure`.
 """
 
-import random
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from pydantic import BaseModel, ConfigDict
 
-from pea.adapter import AdapterConfig, PEAAdapter
-from pea.conditioning import StudentConditioner, TeacherConditioner
-from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
-from pea.inference import PEAPipeline
-from pea.kd_types import KDBatch, NullConditioning
-from pea.languages import EncoderSpec
-from pea.models.encoders import TextEncoder, load_text_encoder
-from pea.toy.build import STUDENT_TOKENS, load_judge
-from pea.toy.judge import Judge, to_tensor
-from pea.toy.world import (Scene, caption, culture_scenes, dictionary_english, general_scenes, render,
-                           sample_scenes)
+from pea.languages import Language, get_language
+from pea.presets import get_preset
+from pea.profiles import Profile
+from pea.run_config import RunConfig
+
+HEADS = ("shape", "color", "background")
 
 
-@dataclass
-class ToyModels:
-    pipe: object  # the teacher's StableDiffusionPipeline
-    judge: Judge
-    folder: Path
+class ToyScores(BaseModel):
+    """Judge scores (mean probability of the asked values; chance pea.toy.judge.CHANCE on general prompts)."""
 
-    @classmethod
-    def load(cls, folder: Path) -> "ToyModels":
-        from diffusers import StableDiffusionPipeline
+    model_config = ConfigDict(frozen=True)
 
-        from pea.models.loading import freeze
-
-        pipe = freeze(StableDiffusionPipeline.from_pretrained(folder / "teacher"))
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe=pipe, judge=load_judge(folder), folder=folder)
-
-    def student(self, lang: str) -> TextEncoder:
-        spec = EncoderSpec(id=str(self.folder / f"student-{lang}"), loader="transformers:T5EncoderModel",
-                           tokenizer="transformers:ByT5Tokenizer", hidden_size=64, max_tokens=STUDENT_TOKENS)
-        return load_text_encoder(spec, self.folder)
-
-    def adapter(self, lang: str, hidden: tuple[int, ...] = (256,)) -> PEAAdapter:
-        torch.manual_seed(0)
-        return PEAAdapter(AdapterConfig(input_dim=64, context_dim=self.pipe.unet.config.cross_attention_dim,
-                                        hidden_dims=hidden, language=lang))
+    teacher_heldout: float  # the teacher, English held-out prompts: the reference
+    heldout: float  # the candidate on held-out general prompts: the headline
+    seen: float  # the candidate on seen general prompts (trained on)
+    culture: float  # the candidate on held-out culture prompts (the word's shape and colour)
+    culture_translate: float  # dictionary English of the same culture prompts through the teacher
+    untrained: float | None  # an untrained adapter on held-out general prompts
+    heads: dict[str, float]  # the candidate's per-head accuracy on held-out general prompts
+    minutes: float  # data stages, training and evaluation
 
 
-def score(models: ToyModels, conditioner, prompts: list[str], scenes: list[Scene], seed: int = 0,
-          steps: int = 20, guidance: float = 4.0, batch: int = 48) -> float:
-    """Mean judge score of one image per (prompt, scene), generated through the standard pipeline."""
-    pipe = PEAPipeline(models.pipe, conditioner)
-    scores = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
-                   generator=torch.Generator().manual_seed(seed + start))
-        images = out.images * 2 - 1
-        scores.append(models.judge.score(images, scenes[start : start + batch]))
-    return float(torch.cat(scores).mean())
+def prepare(profile: Profile, language: Language, config: RunConfig) -> None:
+    """The data stages, as the flow runs them (each finds its output if it is there already)."""
+    from pea.stages import bucket_stage, cache_stage, default_sources, ensure_harvested, translate_stage
+
+    preset = get_preset(config.preset)
+    for source in default_sources(profile, language, preset, config.data.toy_samples):
+        ensure_harvested(profile, language, source)
+    translate_stage(profile, language, preset)
+    bucket_stage(profile, language, preset)
+    cache_stage(profile, language, preset, config.data.cache_batch)
 
 
-def kd_data(models: ToyModels, student: TextEncoder, lang: str, n: int, culture_share: float, seed: int) -> KDBatch:
-    """Rendered scenes with cached features: parallel general samples and native-only culture samples."""
-    rng = random.Random(seed)
-    n_culture = int(n * culture_share)
-    scenes = sample_scenes(n - n_culture, rng, general_scenes()) + sample_scenes(n_culture, rng, culture_scenes(lang))
-    images = to_tensor([render(s, rng) for s in scenes])
-    vae = models.pipe.vae
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.sample()
-                             for i in range(0, n, 256)]) * vae.config.scaling_factor
-    teacher = TeacherConditioner(models.pipe)
-    english = [caption(s, "en") if not s.culture_word else "" for s in scenes]
-    t_ctx = torch.cat([teacher(english[i : i + 512]).context for i in range(0, n, 512)])
-    encoded = [student.encode([caption(s, lang) for s in scenes[i : i + 512]]) for i in range(0, n, 512)]
-    return KDBatch(latents=latents, teacher_context=t_ctx, teacher_pooled=None,
-                   student_states=torch.cat([e.states for e in encoded]), student_mask=torch.cat([e.mask for e in encoded]),
-                   culture=torch.tensor([s.culture_word is not None for s in scenes]), time_ids=None,
-                   keys=[f"{i}" for i in range(n)])
+def untrained_heldout(profile: Profile, language: Language, config: RunConfig) -> float:
+    """The judge's held-out MG score of a freshly initialised adapter of the trained one's shape."""
+    import torch
+
+    from pea.adapter import PEAAdapter
+    from pea.evaluate.run import evaluate
+    from pea.evaluate.stage import scoring_pipeline
+    from pea.evaluate.suites import Suite, build_suite
+    from pea.inference import PEAPipeline
+    from pea.train.run import adapter_config
+
+    preset = get_preset(config.preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(config.train.seed)
+        folder = PEAAdapter(adapter_config(language, preset, config.train)).save(Path(tmp) / "adapter")
+        pipe = scoring_pipeline(preset, profile.model_cache, "cpu")
+        full = build_suite(preset, language, profile.model_cache)
+        suite = Suite({"mg": full.sets["mg"]}, full.scorers, full.translate, full.primary, full.guard)
+        candidate = PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)
+        result = evaluate(pipe, candidate, None, suite, config.eval.for_preset(preset), Path(tmp) / "images")
+    return result.metrics["candidate"]["mg_judge"]
 
 
-def train_adapter(models: ToyModels, student: TextEncoder, adapter: PEAAdapter, data: KDBatch, cfg: KDConfig,
-                  steps: int, batch: int = 64, lr: float = 2e-3, seed: int = 0) -> float:
-    """KD of the adapter alone on in-memory cached features; returns minutes taken."""
+def measure(profile: Profile, lang: str, config: RunConfig = RunConfig(), untrained: bool = True) -> ToyScores:
+    """Train `lang`'s adapter with `config` (its method, steps, ...) on the toy preset and score it."""
+    from pea.evaluate.stage import evaluate_stage
+    from pea.train.config import TrainSwitches
+    from pea.train.run import train_adapter
+
+    if config.preset != "toy":
+        raise ValueError(f"the toy world measures the toy preset, not {config.preset!r}")
+    language, preset = get_language(lang), get_preset(config.preset)
     start = time.perf_counter()
-    empty = student.encode([""])
-    null = NullConditioning(teacher_context=TeacherConditioner(models.pipe)([""]).context, student_states=empty.states,
-                            student_mask=empty.mask)
-    unet = HookedUNet(models.pipe.unet, cfg.feature_blocks)
-    noise_scheduler = training_scheduler(models.pipe.scheduler.config)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
-    gen = torch.Generator().manual_seed(seed)
-    n = data.latents.shape[0]
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        b = KDBatch(latents=data.latents[idx], teacher_context=data.teacher_context[idx], teacher_pooled=None,
-                    student_states=data.student_states[idx], student_mask=data.student_mask[idx],
-                    culture=data.culture[idx], time_ids=None, keys=[data.keys[i] for i in idx])
-        result = kd_step(unet, adapter, noise_scheduler, b, null, cfg, gen, step)
-        opt.zero_grad()
-        result.loss.backward()
-        opt.step()
-        schedule.step()
-    adapter.eval()
-    return (time.perf_counter() - start) / 60
-
-
-def prompts_for(scenes: list[Scene], lang: str) -> list[str]:
-    return [caption(s, lang) for s in scenes]
-
-
-def translated(scenes: list[Scene], lang: str) -> list[str]:
-    return [dictionary_english(s, lang) for s in scenes]
-
-
-def student_conditioner(student: TextEncoder, adapter: PEAAdapter) -> StudentConditioner:
-    return StudentConditioner(student, adapter, zero_null=False)
-
-
-def teacher_conditioner(models: ToyModels) -> TeacherConditioner:
-    return TeacherConditioner(models.pipe)
-
+    prepare(profile, language, config)
+    train = config.train.model_copy(update={"run_name": config.train.run_name or f"toy-{lang}-{config.train.method}"})
+    result = train_adapter(profile, language, preset, train, TrainSwitches(progress="log"))
+    summary = evaluate_stage(profile, language, preset, result.run_name, config.eval)
+    candidate, teacher, translate = (summary.metrics[s] for s in ("candidate", "teacher_en", "translate"))
+    return ToyScores(teacher_heldout=teacher["mg_judge"], heldout=candidate["mg_judge"],
+                     seen=candidate["mg_seen_judge"], culture=candidate["mc_judge_word"],
+                     culture_translate=translate["mc_judge_word"],
+                     untrained=untrained_heldout(profile, language, config) if untrained else None,
+                     heads={head: candidate[f"mg_{head}"] for head in HEADS},
+                     minutes=(time.perf_counter() - start) / 60)

@@ -258,7 +258,9 @@ def _progress(job: TrainJob, rank, start):
         return None
     from ray.experimental.tqdm_ray import tqdm
 
-    return tqdm(total=job.train.steps, initial=start, desc="train", unit="step")
+    bar = tqdm(total=job.train.steps, desc="train", unit="step")  # Ray's bar takes no `initial`
+    bar.update(start)  # a resumed job starts where its checkpoint left off
+    return bar
 
 
 def _log_metrics(job: TrainJob, metrics: dict, step: int) -> None:

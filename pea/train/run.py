@@ -23,7 +23,7 @@ from pea.train.config import TrainConfig, TrainJob, TrainSwitches
 log = logging.getLogger("pea.train")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
     run_name: str
     mlflow_run_id: str
@@ -94,6 +94,14 @@ def _init_ray(profile: Profile) -> None:
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
+def adapter_config(language: Language, preset: Preset, cfg: TrainConfig) -> AdapterConfig:
+    """The adapter a job trains: the student encoder's width in, the preset's context (and pooled) width out."""
+    spec = preset.student_for(language)
+    return AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
+                         hidden_dims=cfg.for_preset(preset).adapter_hidden, language=language.code,
+                         student_encoder=spec.id, base_model=preset.model_id or preset.name)
+
+
 def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
                   switches: TrainSwitches = TrainSwitches(), override_config: bool = False) -> TrainResult:
     """Train `language`'s adapter on `preset` with the profile's Ray workers; the same run name resumes its job,
@@ -101,21 +109,17 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pea.models.loading import pipeline_source
-    from pea.models.tiny import ensure_built, tiny_names
+    from pea.models.loading import encoder_source, pipeline_source
     from pea.train.loop import train_loop_per_worker
 
     cfg = cfg.for_preset(preset)
     spec = preset.student_for(language)
     # tiny models are built once here, not raced by the workers
     pipeline_source(preset, profile.model_cache)
-    if spec.id in tiny_names():
-        ensure_built(spec.id, profile.model_cache)
+    encoder_source(spec, profile.model_cache)
     prefix, cached, manifest = _data(profile, language, preset.name)
     run_name = cfg.run_name or names.run_name(language.code, preset.name)
-    adapter = AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
-                            hidden_dims=cfg.adapter_hidden, language=language.code, student_encoder=spec.id,
-                            base_model=preset.model_id or preset.name)
+    adapter = adapter_config(language, preset, cfg)
     data_digest = manifest.get("source_digest", manifest["digest"])
     identity = {"lang": language.code, "preset": preset.name, "data_digest": data_digest, "cached_features": cached,
                 "adapter": adapter.model_dump(mode="json"), "train": cfg.identity()}
