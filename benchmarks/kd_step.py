@@ -34,6 +34,7 @@ from pea.features import FeatureExtractor
 from pea.languages import EncoderSpec, get_language
 from pea.models.encoders import TextEncoder, load_text_encoder
 from pea.models.loading import freeze, load_pipeline
+from pea.models.precision import default_device
 from pea.models.tiny import make_pipeline
 from pea.presets import get_preset
 
@@ -122,7 +123,7 @@ def _models(preset_name: str, device, dtype, model_cache: Path):
 
 
 def run(args) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device or default_device())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.set_num_threads(args.threads or torch.get_num_threads())
     preset, pipe, student = _models(args.preset, device, dtype, Path(args.model_cache))

@@ -463,10 +463,17 @@ def _registry_exists(prof) -> bool:
 
 @app.command("build-toy")
 def build_toy(profile: ProfileOpt = "local"):
-    """Build the toy world (teacher, students, judge) into the model cache, or find it by digest."""
+    """Build the toy world (teacher and judge; students are built per language when first used) into the model
+    cache, or find it by digest."""
+    from pea.progress import stage_line
     from pea.toy.build import ensure_toy
 
-    typer.echo(f"toy world: {ensure_toy(_profile(profile).model_cache)}")
+    model_cache = _profile(profile).model_cache
+    with stage_line(sys.stderr) as line:
+        line.start(1, 1, "toy world")
+        folder = ensure_toy(model_cache)
+        line.done()
+    typer.echo(f"toy world: {folder}")
 
 
 def main() -> None:

@@ -17,13 +17,14 @@ def generate_image(
 
     from pea.adapter import load_adapter
     from pea.inference import PEAPipeline
+    from pea.models.precision import default_device
 
     check_prompts([prompt])
     if out.suffix.lower() != ".png":
         raise PeaError(f"output {out} is not a .png path", "give --out a file name ending in .png")
     language = get_language(lang)
     load_adapter(adapter_dir, language=language.code)  # a wrong or broken adapter fails before any model loads
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     pipe = PEAPipeline.from_preset(adapter_dir, language, preset, profile.model_cache).to(device)
     generator = torch.Generator(device).manual_seed(seed)
     image = pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps,

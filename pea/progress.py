@@ -114,10 +114,13 @@ class _StageRecords(logging.Handler):
 def stage_line(stream: TextIO, **kwargs) -> Iterator[StageLine]:
     """Show the stage records logged anywhere in the process while the block runs as a StageLine."""
     line = StageLine(stream, **kwargs)
-    handler, root = _StageRecords(line), logging.getLogger()
+    handler, root, pea_logger = _StageRecords(line), logging.getLogger(), logging.getLogger("pea")
+    level = pea_logger.level
+    pea_logger.setLevel(min(level or logging.INFO, logging.INFO))  # pea's own progress records (e.g. pea.toy's build)
     root.addHandler(handler)
     try:
         yield line
     finally:
         root.removeHandler(handler)
+        pea_logger.setLevel(level)
         line.close()

@@ -97,9 +97,9 @@ def cache_stage(profile: Profile, language: Language, preset: Preset, batch_size
     from pea.features import FeatureExtractor
     from pea.models.encoders import load_text_encoder
     from pea.models.loading import load_frozen_pipeline
-    from pea.models.precision import cache_batch_size
+    from pea.models.precision import cache_batch_size, default_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     pipe = load_frozen_pipeline(preset, profile.model_cache, device, unet=None)  # features need no UNet
     student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)
     student.model.to(dtype=pipe.text_encoder.dtype)  # frozen like the teacher's encoders, in their dtype

@@ -1,5 +1,6 @@
 """A small toy world builds, loads through the preset's own paths, is cached by digest and rebuilds bit for bit."""
 
+import io
 import random
 
 import pytest
@@ -11,6 +12,7 @@ from pea.languages import get_language
 from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.presets import get_preset
+from pea.progress import stage_line
 from pea.toy.build import ToyConfig, build_toy, digest, ensure_student, ensure_toy, load_judge
 from pea.toy.judge import to_tensor
 from pea.toy.world import general_scenes, render
@@ -55,9 +57,13 @@ def test_a_small_world_loads_through_the_toy_presets_paths(small_world, monkeypa
     assert ensure_toy(cache, SMALL) == folder and (folder / "config.json").stat().st_mtime_ns == mtime
 
 
-def test_the_build_is_bit_for_bit_repeatable(small_world, tmp_path):
+def test_the_build_is_bit_for_bit_repeatable_and_shows_its_progress(small_world, tmp_path):
     a = small_world[1]  # built by ensure_toy, i.e. build_toy, earlier in this process
-    b = build_toy(tmp_path / "b", SMALL)
+    shown = io.StringIO()
+    with stage_line(shown, tty=False, every_s=0) as line:
+        line.start(1, 1, "toy world")
+        b = build_toy(tmp_path / "b", SMALL)
+    assert "stage 1/1 toy world  toy world: teacher step 0/5" in shown.getvalue() and "ETA" in shown.getvalue()
     ensure_student(a, "ko"), ensure_student(b, "ko")
     for part in ("teacher/unet/diffusion_pytorch_model.safetensors", "teacher/text_encoder_2/model.safetensors",
                  "student-ko/model.safetensors", "judge.safetensors"):

@@ -38,10 +38,11 @@ class Translator:
     """A seq2seq translation model (NLLB, Marian, ...) loaded with transformers."""
 
     def __init__(self, source: str, cfg: TranslateConfig = TranslateConfig()):
-        import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        from pea.models.precision import default_device
+
+        self.device = default_device()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(source).to(self.device).eval()
         self.cfg = cfg

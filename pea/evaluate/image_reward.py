@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
+from pea.models.precision import default_device
 from torch import nn
 
 from pea.errors import PeaError
@@ -195,7 +197,7 @@ class ImageRewardScorer:
         # BLIP's tokenizer: BERT's plus a [DEC] bos token and an [ENC] token (vocab 30522 -> 30524)
         tokenizer.add_special_tokens({"bos_token": "[DEC]"})
         tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-        return cls(model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer)
+        return cls(model.to(default_device()), tokenizer)
 
     def preprocess(self, images) -> torch.Tensor:
         from torchvision import transforms

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
+
+from pea.models.precision import default_device
 from PIL import Image
 from pea.evaluate.config import EvalModels
 from pea.languages import ModelRef
@@ -26,10 +28,6 @@ class Scorer(Protocol):
 def _features(out) -> torch.Tensor:
     """transformers 5 returns an output object from get_*_features; 4.x returned the tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # The text length a CLIP family was trained at, keyed by the model's config.model_type. Tokenizers do not
@@ -60,7 +58,7 @@ class CLIPScore:
 
         from pea.models.loading import load_transformers_class
 
-        model = load_transformers_class(ref.loader).from_pretrained(source).eval().to(_device())
+        model = load_transformers_class(ref.loader).from_pretrained(source).eval().to(default_device())
         return cls(model, AutoProcessor.from_pretrained(source), max_tokens=trained_text_tokens(model), **kwargs)
 
     @torch.no_grad()
@@ -89,7 +87,7 @@ class PickScore(CLIPScore):
     def load_pick(cls, model_id: str, processor_id: str) -> "PickScore":
         from transformers import AutoProcessor, CLIPModel
 
-        return cls(CLIPModel.from_pretrained(model_id).eval().to(_device()), AutoProcessor.from_pretrained(processor_id))
+        return cls(CLIPModel.from_pretrained(model_id).eval().to(default_device()), AutoProcessor.from_pretrained(processor_id))
 
     def _score(self, image, text):
         cos = torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1)
@@ -110,7 +108,7 @@ class OpenCLIPScore:
     def load(cls, arch: str, pretrained: str) -> "OpenCLIPScore":
         import open_clip
 
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=_device())
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=default_device())
         return cls(model.eval(), preprocess, open_clip.get_tokenizer(arch))
 
     @torch.no_grad()

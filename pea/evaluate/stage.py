@@ -118,7 +118,7 @@ def scoring_pipeline(preset: Preset, model_cache: Path, device: str):
 
 def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
                    cfg: EvalConfig = EvalConfig(), progress: Progress = quiet) -> EvalSummary:
-    import torch
+    from pea.models.precision import default_device
     from mlflow.entities import Metric
 
     from pea.evaluate.report import write_report
@@ -134,7 +134,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
         adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
         champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion")
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
         pipe = scoring_pipeline(preset, profile.model_cache, device)
 
         def wrap(folder: Path) -> PEAPipeline:

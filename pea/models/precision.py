@@ -16,6 +16,11 @@ VAE_FIRST_CHANNELS = 128  # block_out_channels[0] of the SD1.5 and SDXL VAEs
 MAX_CACHE_BATCH = 64
 
 
+def default_device() -> str:
+    """Where frozen models run in this process: the GPU when there is one (each Ray worker sees its own)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def frozen_dtype(device_type: str, bf16_supported: bool = True) -> torch.dtype:
     """Half precision on a GPU: bf16 where the GPU has it (fp32's exponent range, so nothing overflows),
     else fp16. fp32 on a CPU, where half-precision kernels are slow or missing."""

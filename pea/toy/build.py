@@ -8,10 +8,10 @@ as the paper's language CLIPs do), and the judge. Saved in the hub's layouts, th
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 
 from pea.errors import PeaError
 from pea.models import tiny
+from pea.progress import FRACTION
 from pea.resources import resource_path
 from pea.toy import judge as judge_module
 from pea.toy import world
@@ -28,6 +29,7 @@ from pea.toy.judge import Judge, to_tensor, train_judge
 from pea.toy.world import (LANGS, MULTILINGUAL, SIZE, TOY_LANGS, caption, culture_scenes, general_scenes, render,
                            sample_scenes)
 
+log = logging.getLogger("pea.toy")
 STUDENT_TOKENS = 80  # bytes + EOS of the longest caption in any language (a Russian one: 78 bytes)
 LAYOUT = "sdxl"  # the real repo whose model_index.json and scheduler.json the teacher takes
 
@@ -64,11 +66,13 @@ def _config(name: str) -> dict:
     return json.loads(resource_path("configs", "toy", name).read_text())
 
 
-def _log(msg: str, start: float) -> None:
-    print(f"[toy {time.perf_counter() - start:6.0f}s] {msg}", flush=True)
+def _report(message: str, fraction: float) -> None:
+    """Build progress as log records carrying the fraction done (pea.progress): the CLI's stage line shows
+    them, and a caller without a log handler stays quiet."""
+    log.info("toy world: %s", message, extra={FRACTION: fraction})
 
 
-def train_vae(vae, images: torch.Tensor, cfg: ToyConfig, start: float):
+def train_vae(vae, images: torch.Tensor, cfg: ToyConfig):
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     for step in range(cfg.vae_steps):
         x = images[torch.randint(0, len(images), (cfg.batch,))]
@@ -78,8 +82,8 @@ def train_vae(vae, images: torch.Tensor, cfg: ToyConfig, start: float):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 100 == 0:
-            _log(f"vae step {step} recon {loss.item():.4f}", start)
+        if step % 20 == 0:
+            _report(f"VAE step {step}/{cfg.vae_steps}, reconstruction {loss.item():.4f}", 0.1 * step / cfg.vae_steps)
     return vae.eval().requires_grad_(False)
 
 
@@ -91,7 +95,7 @@ def _sdxl_condition(pipe, ids: torch.Tensor, ids_2: torch.Tensor) -> tuple[torch
     return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1), second.text_embeds
 
 
-def train_teacher(pipe, latents: torch.Tensor, captions: list[str], cfg: ToyConfig, start: float) -> None:
+def train_teacher(pipe, latents: torch.Tensor, captions: list[str], cfg: ToyConfig) -> None:
     """Both text towers and the UNet trained together on English captions, with DDPM noise as SDXL was; 10% of
     rows get the zero conditioning that `force_zeros_for_empty_prompt` gives guidance at sampling time."""
     from pea.distill import training_scheduler
@@ -122,8 +126,9 @@ def train_teacher(pipe, latents: torch.Tensor, captions: list[str], cfg: ToyConf
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         schedule.step()
-        if step % 200 == 0:
-            _log(f"teacher step {step} loss {loss.item():.4f}", start)
+        if step % 50 == 0:
+            _report(f"teacher step {step}/{cfg.teacher_steps}, loss {loss.item():.4f}",
+                    0.1 + 0.85 * step / cfg.teacher_steps)
     for m in modules:
         m.eval().requires_grad_(False)
 
@@ -146,7 +151,7 @@ def _student_captions(lang: str, scenes: list, rng: random.Random) -> list[str]:
     return [caption(s, world.culture_lang(s) if s.culture_word else rng.choice([*LANGS, "en"])) for s in scenes]
 
 
-def train_student(lang: str, cfg: ToyConfig, start: float):
+def train_student(lang: str, cfg: ToyConfig):
     """A byte-level T5 encoder trained CLIP-style on (image, native caption) pairs, culture items included."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
@@ -175,7 +180,9 @@ def train_student(lang: str, cfg: ToyConfig, start: float):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    _log(f"student {lang}: contrastive loss {loss.item():.3f}", start)
+        if step % 50 == 0:
+            _report(f"{lang} student step {step}/{cfg.student_steps}, contrastive loss {loss.item():.3f}",
+                    step / cfg.student_steps)
     return model.eval(), tokenizer
 
 
@@ -184,7 +191,6 @@ def build_toy(out: Path, cfg: ToyConfig = ToyConfig()) -> Path:
     built when a language first needs one (ensure_student)."""
     from safetensors.torch import save_file
 
-    start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -194,17 +200,18 @@ def build_toy(out: Path, cfg: ToyConfig = ToyConfig()) -> Path:
     pipe = tiny.make_pipeline("toy", seed=cfg.seed, layout=LAYOUT)
     scenes = sample_scenes(cfg.images, rng, general_scenes())
     images = to_tensor([render(s, rng) for s in scenes])
-    vae = train_vae(pipe.vae, images, cfg, start)
+    vae = train_vae(pipe.vae, images, cfg)
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
-    train_teacher(pipe, latents * scaling, [caption(s, "en") for s in scenes], cfg, start)
+    train_teacher(pipe, latents * scaling, [caption(s, "en") for s in scenes], cfg)
     pipe.save_pretrained(tmp / "teacher", safe_serialization=True)
+    _report("judge", 0.95)
     judge = train_judge(cfg.seed, n=cfg.images, steps=cfg.judge_steps, batch=cfg.batch)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, tmp / "judge.safetensors")
     (tmp / "config.json").write_text(cfg.model_dump_json(indent=2))
-    _log("built", start)
+    _report(f"built {out.name}", 1.0)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -227,7 +234,7 @@ def ensure_student(world_dir: Path, lang: str) -> Path:
     if (folder / "config.json").exists():
         return folder
     cfg = ToyConfig.model_validate_json((world_dir / "config.json").read_text())
-    model, tokenizer = train_student(lang, cfg, time.perf_counter())
+    model, tokenizer = train_student(lang, cfg)
     tmp = world_dir / f".student-{lang}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
