@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pea.profiles import load_profile
-from pea.toy.build import ensure_toy
 from pea.toy.judge import CHANCE
 from pea.toy.quality import measure
 
@@ -17,11 +16,10 @@ pytestmark = pytest.mark.slow
 
 def test_kd_makes_the_student_draw_held_out_korean_prompts_near_the_teacher(tmp_path):
     profile = load_profile("local", env={}, cwd=tmp_path)
-    ensure_toy(profile.model_cache)
     scores = measure(profile, "ko")
-    assert scores.teacher_heldout > CHANCE + 0.4  # measured
-    assert abs(scores.untrained - CHANCE) < 0.1  # measured
-    assert scores.heldout >= 0.8 * scores.teacher_heldout  # measured
-    assert scores.culture > scores.culture_translate  # measured
-    assert scores.seen >= scores.heldout - 0.1  # measured
+    assert scores.teacher_heldout > CHANCE + 0.4  # measured 0.799
+    assert abs(scores.untrained - CHANCE) < 0.1  # measured 0.232
+    assert scores.heldout >= 0.8 * scores.teacher_heldout  # measured 0.816 (1.02 x teacher)
+    assert scores.culture > scores.culture_translate  # measured 0.659 against 0.470
+    assert scores.seen >= scores.heldout - 0.1  # measured 0.743: held-out is no fit artefact
     assert Path(profile.storage_root, "ko", "eval").is_dir()
