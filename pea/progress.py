@@ -56,16 +56,27 @@ class StageLine:
         self.tty = stream.isatty() if tty is None else tty
         self.began = clock()
         self.stage: tuple[int, int, str] | None = None
-        self.stage_began = self.last_shown = self.began
+        self.stage_began = self.part_began = self.reported = self.last_shown = self.began
+        self.fraction = 0.0
 
     def start(self, index: int, total: int, name: str) -> None:
         self.stage, self.stage_began = (index, total, name), self.clock()
+        self.part_began = self.reported = self.stage_began
+        self.fraction = 0.0
         self._show("", force=True)
 
     def __call__(self, message: str, fraction: float | None = None) -> None:
+        """A progress line; `fraction` done of the current part of the stage. A fraction below the last one
+        starts a new part (the cache stage may first build the model it needs, then encode): the ETA counts
+        from it."""
         if self.stage is None:
             return
-        taken = self.clock() - self.stage_began
+        if fraction is not None:
+            if fraction < self.fraction:
+                self.part_began = self.reported  # the previous part ended with its last report
+            self.fraction = fraction
+        self.reported = self.clock()
+        taken = self.clock() - self.part_began
         eta = f"  ETA {duration(taken * (1 - fraction) / fraction)}" if fraction and taken > 0 else ""
         self._show(f"  {message.strip()}", eta=eta)
 

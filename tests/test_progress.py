@@ -39,6 +39,18 @@ def test_off_a_terminal_each_stage_prints_its_start_its_end_and_one_update_per_t
     ]
 
 
+def test_a_stage_whose_fraction_starts_again_times_its_eta_from_the_new_part():
+    """The cache stage builds the toy world (fractions 0..1), then encodes (0..1 again)."""
+    out, clock = io.StringIO(), Clock()
+    line = StageLine(out, tty=False, clock=clock, every_s=0)
+    line.start(4, 7, "cache")
+    clock.now = 300
+    line("toy world: built", 1.0)
+    clock.now = 310
+    line("encoded 1/4", 0.25)
+    assert out.getvalue().splitlines()[-1] == "stage 4/7 cache  encoded 1/4  elapsed 5m10s  ETA 30s"
+
+
 def test_on_a_terminal_the_line_is_rewritten_and_each_finished_stage_leaves_one_line(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     out, clock = io.StringIO(), Clock()
