@@ -3,6 +3,7 @@
     uv run python benchmarks/kd_step.py --preset tiny-sdxl          # CPU, tiny preset, < 2 minutes
     python benchmarks/kd_step.py --preset sdxl --batch 4            # GPU: real SDXL architecture,
                                                                     # random weights (no download)
+    python benchmarks/kd_step.py --preset sdxl --memory-batches 1,2,4,8  # GPU: peak memory per batch size
 
 Variants, each timed as the median of --reps runs after --warmup:
   unet_forward        one UNet forward on the batch (no grad): the unit
@@ -18,12 +19,14 @@ The last line is one JSON object.
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -31,9 +34,10 @@ import torch
 from pea.adapter import AdapterConfig, PEAAdapter
 from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
 from pea.features import FeatureExtractor
+from pea.kd_types import KDBatch
 from pea.languages import EncoderSpec, get_language
 from pea.models.encoders import TextEncoder, load_text_encoder
-from pea.models.loading import freeze, load_pipeline
+from pea.models.loading import load_frozen_pipeline, place_frozen
 from pea.models.precision import default_device
 from pea.models.tiny import make_pipeline
 from pea.presets import get_preset
@@ -100,10 +104,11 @@ def _peak_mb(fn, device) -> float:
     return mem.mb
 
 
-def _models(preset_name: str, device, dtype, model_cache: Path):
+def frozen_models(preset_name: str, device, model_cache: Path):
+    """The frozen models in the dtypes a training run gives them (pea.models.loading.place_frozen)."""
     preset = get_preset(preset_name)
     if preset.is_built_locally:
-        pipe = load_pipeline(preset, model_cache)
+        pipe = load_frozen_pipeline(preset, model_cache, device)
         student = load_text_encoder(preset.student_for(get_language("ko")), model_cache)
     else:
         # the real architecture from the shipped configs, random weights; the student is a copy of the
@@ -114,9 +119,9 @@ def _models(preset_name: str, device, dtype, model_cache: Path):
         encoder, tokenizer = getattr(pipe, f"text_encoder{last}"), getattr(pipe, f"tokenizer{last}")
         spec = EncoderSpec(id="random", loader="transformers:CLIPTextModel", tokenizer="transformers:CLIPTokenizer",
                            hidden_size=encoder.config.hidden_size, max_tokens=77)
-        student = TextEncoder(spec, tokenizer, copy.deepcopy(encoder.text_model))
-    pipe = freeze(pipe).to(device, dtype)
-    student.model.to(device, dtype)
+        student = TextEncoder(spec, tokenizer, copy.deepcopy(encoder))
+        pipe = place_frozen(pipe, preset.family, device)
+    student.model.to(device, pipe.text_encoder.dtype)
     if device.type == "cpu":
         pipe.unet.to(memory_format=torch.channels_last)
     return preset, pipe, student
@@ -124,18 +129,20 @@ def _models(preset_name: str, device, dtype, model_cache: Path):
 
 def run(args) -> dict:
     device = torch.device(args.device or default_device())
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # autocast, as the training loop
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    preset, pipe, student = _models(args.preset, device, dtype, Path(args.model_cache))
+    preset, pipe, student = frozen_models(args.preset, device, Path(args.model_cache))
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
     side = args.resolution or preset.resolution
     B = args.batch
     extractor = FeatureExtractor(pipe, student)
     adapter = PEAAdapter(AdapterConfig(input_dim=student.hidden_size, context_dim=preset.context_dim,
-                                       pooled_dim=preset.pooled_dim, hidden_dims=preset.adapter_hidden)).to(device, dtype)
+                                       pooled_dim=preset.pooled_dim, hidden_dims=preset.adapter_hidden)).to(device)  # fp32, as trained
     noise = training_scheduler(pipe.scheduler.config)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
     gen = torch.Generator(device).manual_seed(0)
-    images = torch.rand(B, 3, side, side, device=device, dtype=dtype) * 2 - 1
+    images = torch.rand(B, 3, side, side, device=device) * 2 - 1
     english = ["a watercolour painting of a red fox in the snow"] * B
     native = ["눈 속의 붉은 여우 수채화"] * B
     culture = torch.zeros(B, dtype=torch.bool, device=device)
@@ -151,7 +158,7 @@ def run(args) -> dict:
         opt.zero_grad(set_to_none=True)
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             unet(batch.latents, torch.full((B,), 500, device=device), adapter(batch.student_states, batch.student_mask),
                  batch.time_ids, features=False)
 
@@ -179,6 +186,9 @@ def run(args) -> dict:
         "kd_step_online": lambda: step(extractor(images, english, native, culture)),
         "kd_step_reference": reference,
     }
+    if args.memory_batches:
+        return {"preset": preset.name, "resolution": side, "gradient_checkpointing": args.gradient_checkpointing,
+                "kd_step_cached_peak_mb_by_batch": _peak_by_batch(step, batch, args.memory_batches, device)}
     if args.memory_of:  # a fresh process per variant, so that no earlier variant's memory hides its peak
         return {"peak_mb": _peak_mb(variants[args.memory_of], device)}
     results = {f"{k}_ms": v for k, v in _interleaved_medians(variants, device, args.warmup, args.reps).items()}
@@ -187,13 +197,36 @@ def run(args) -> dict:
     else:
         peaks = {name: _peak_in_subprocess(name) for name in variants}
     return {
-        "preset": preset.name, "device": device.type, "dtype": str(dtype).removeprefix("torch."),
-        "batch": B, "resolution": side, "adapter_params": adapter.num_parameters(),
+        "preset": preset.name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
+        "batch": B, "resolution": side, "gradient_checkpointing": args.gradient_checkpointing,
+        "adapter_params": adapter.num_parameters(),
         **{k: round(v, 2) for k, v in results.items()},
         "kd_step_unet_forwards": round(results["kd_step_cached_ms"] / results["unet_forward_ms"], 2),
         "speedup_vs_reference": round(results["kd_step_reference_ms"] / results["kd_step_cached_ms"], 2),
         "peak_mem_mb": {k: round(v, 1) for k, v in peaks.items()},
     }
+
+
+def _peak_by_batch(step, batch, sizes: str, device) -> dict[int, float | str]:
+    """Peak memory of one cached KD step at each batch size (the features of `batch` repeated; GPU only):
+    what per-worker batch a GPU of a given size holds."""
+    if device.type != "cuda":
+        raise SystemExit("--memory-batches measures CUDA's allocator: run it on a GPU")
+    peaks = {}
+    for size in (int(b) for b in sizes.split(",")):
+        try:
+            peaks[size] = round(_peak_mb(functools.partial(step, _repeat(batch, size)), device), 1)
+        except torch.cuda.OutOfMemoryError:
+            peaks[size] = "out of memory"
+        torch.cuda.empty_cache()
+    return peaks
+
+
+def _repeat(batch: KDBatch, size: int) -> KDBatch:
+    """`batch` cycled to `size` samples (every field along dim 0)."""
+    index = torch.arange(size) % len(batch.keys)
+    pick = lambda x: x[index.to(x.device)] if isinstance(x, torch.Tensor) else x  # noqa: E731
+    return KDBatch(**{f.name: pick(getattr(batch, f.name)) for f in fields(batch)} | {"keys": [str(i) for i in range(size)]})
 
 
 def _peak_in_subprocess(variant: str) -> float:
@@ -212,6 +245,8 @@ def main():
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model-cache", default="pea-data/models")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="as TrainConfig.gradient_checkpointing")
+    parser.add_argument("--memory-batches", default=None, help="e.g. 1,2,4,8: peak memory of a cached step at each")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     print(json.dumps(run(parser.parse_args())))
 

@@ -19,25 +19,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from data_helpers import make_folder  # noqa: E402
-
-from pea.data.sources import SourceSpec  # noqa: E402
-from pea.data.translate import translate  # noqa: E402
-from pea.languages import get_language  # noqa: E402
-from pea.presets import get_preset  # noqa: E402
-from pea.profiles import load_profile  # noqa: E402
-from pea.stages import bucket_stage, cache_stage, harvest_stage  # noqa: E402
-from pea.train.config import TrainConfig, TrainSwitches  # noqa: E402
-from pea.train.run import train_adapter  # noqa: E402
-
-TINY = get_preset("tiny-sdxl")
+from pea.presets import get_preset
 
 
 def samples_per_s(profile, steps: int, batch: int, run: str) -> float:
     from mlflow import MlflowClient
 
-    result = train_adapter(profile, get_language("ko"), TINY,
+    from pea.languages import get_language
+    from pea.train.config import TrainConfig, TrainSwitches
+    from pea.train.run import train_adapter
+
+    result = train_adapter(profile, get_language("ko"), get_preset("tiny-sdxl"),
                            TrainConfig(steps=steps, batch_size=batch, log_every=max(1, steps // 4),
                                        checkpoint_every=steps, run_name=run), TrainSwitches(progress="log"))
     history = MlflowClient(profile.mlflow_tracking_uri).get_metric_history(result.mlflow_run_id, "samples_per_s")
@@ -45,7 +37,19 @@ def samples_per_s(profile, steps: int, batch: int, run: str) -> float:
 
 
 def cpu_scaling(steps: int, batch: int, images: int) -> dict:
+    """Ray Train on tiny-sdxl with 1 and 2 CPU workers: the real job (data stages, DDP, MLflow)."""
     import ray
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from data_helpers import make_folder
+
+    from pea.data.sources import SourceSpec
+    from pea.data.translate import translate
+    from pea.languages import get_language
+    from pea.profiles import load_profile
+    from pea.stages import bucket_stage, cache_stage, harvest_stage
+
+    tiny = get_preset("tiny-sdxl")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -57,8 +61,8 @@ def cpu_scaling(steps: int, batch: int, images: int) -> dict:
                 ko = get_language("ko")
                 harvest_stage(profile, ko, SourceSpec(name="bench", kind="folder", uri=str(make_folder(tmp / "imgs", n=images))))
                 translate(profile.storage(), "ko", "kor_Hang", "none", lambda: None)
-                bucket_stage(profile, ko, TINY)
-                cache_stage(profile, ko, TINY, batch_size=32)
+                bucket_stage(profile, ko, tiny)
+                cache_stage(profile, ko, tiny, batch_size=32)
             rates[workers] = samples_per_s(profile, steps, batch, f"bench-{workers}w")
             ray.shutdown()
     return {"samples_per_s_1w": round(rates[1], 1), "samples_per_s_2w": round(rates[2], 1),
@@ -70,13 +74,15 @@ def sdxl_gpu(batch: int, steps: int) -> dict:
     from pea.adapter import AdapterConfig, PEAAdapter
     from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
     from pea.kd_types import KDBatch, NullConditioning
+    from pea.models.loading import place_frozen
     from pea.models.tiny import make_pipeline
 
-    device = torch.device("cuda")
+    device, preset = torch.device("cuda"), get_preset("sdxl")
     with torch.device(device):
-        pipe = make_pipeline("sdxl")
-    unet = HookedUNet(pipe.unet.to(device, torch.bfloat16))
-    adapter = PEAAdapter(AdapterConfig(input_dim=1024, context_dim=2048, pooled_dim=1280)).to(device)
+        pipe = place_frozen(make_pipeline("sdxl"), preset.family, device)  # the training run's dtypes
+    unet = HookedUNet(pipe.unet)
+    adapter = PEAAdapter(AdapterConfig(input_dim=1024, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
+                                       hidden_dims=preset.adapter_hidden)).to(device)
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-5)
     B = batch
     batch_ = KDBatch(latents=torch.randn(B, 4, 128, 128, device=device, dtype=torch.bfloat16),
@@ -126,8 +132,9 @@ def main():
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--sdxl", action="store_true", help="also time SDXL at 1024 px on the GPU")
     parser.add_argument("--sdxl-batch", type=int, default=4)
+    parser.add_argument("--no-cpu-scaling", action="store_true", help="only the GPU part (needs no Ray or MLflow)")
     args = parser.parse_args()
-    out = cpu_scaling(args.steps, args.batch, args.images)
+    out = {} if args.no_cpu_scaling else cpu_scaling(args.steps, args.batch, args.images)
     if args.sdxl:
         out |= sdxl_gpu(args.sdxl_batch, steps=10)
     print(json.dumps(out))

@@ -26,6 +26,12 @@ class TrainDefaults(BaseModel):
     lr: float = 1e-5
     weight_decay: float = 0.1
     warmup_steps: int = 100
+    # Recompute the UNet's activations in backward instead of keeping them. Measured on an H100 with the real
+    # architectures (benchmarks/kd_step.py --memory-batches, benchmarks/gpu_results/): a cached KD step
+    # holds ~6.6 GB per sample on SDXL at 1024 px (batch 16 does not fit 80 GB), 0.87 GB with checkpointing,
+    # and batch 16 checkpointed ran 11.2 samples/s against 10.3 at batch 4 without. SD1.5 at 512 px holds
+    # ~1 GB per sample (batch 16: 16 GB) and checkpointing would cost it 26% of its speed, so it stays off.
+    gradient_checkpointing: bool = False
 
 
 class Preset(BaseModel):

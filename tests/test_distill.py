@@ -238,3 +238,27 @@ def test_errors_survive_pickling_as_ray_sends_them():
     assert err.step == 3 and "step 3" in str(err) and "a, b" in str(err)
     plain = copy.deepcopy(PeaError("problem", "fix"))
     assert plain.problem == "problem" and plain.fix == "fix"
+
+
+def test_gradient_checkpointing_recomputes_activations_and_keeps_loss_and_gradients(world):
+    """The SDXL presets train with it on (pea.presets.TrainDefaults): it must change memory, never the step."""
+    pipe = world[1]
+    # the first layer of a checkpointed block: recomputation stops early, so the block's own hook never fires
+    first = pipe.unet.up_blocks[-1].resnets[0].norm1
+    calls, seen = [], {}
+    handle = first.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for on in (False, True):
+            if on:
+                pipe.unet.enable_gradient_checkpointing()
+            adapter, _, result = _step(world, KDConfig())
+            result.loss.backward()
+            seen[on] = result.loss.detach(), [p.grad for p in adapter.parameters()], len(calls)
+            calls.clear()
+    finally:
+        pipe.unet.disable_gradient_checkpointing()
+        handle.remove()
+    (loss, grads, plain_calls), (loss_ckpt, grads_ckpt, ckpt_calls) = seen[False], seen[True]
+    assert ckpt_calls > plain_calls  # the student's activations were recomputed in backward
+    assert torch.allclose(loss, loss_ckpt)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_ckpt))

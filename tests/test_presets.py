@@ -17,6 +17,7 @@ from pea.presets import get_preset, registry
 from pea.profiles import load_profile
 from pea.resources import resource_path
 from pea.stages import bucket_stage, cache_stage, harvest_stage
+from pea.train.config import TrainConfig
 
 TINY_OF_FAMILY = {"sd15": "tiny-sd15", "sdxl": "tiny-sdxl"}
 
@@ -175,6 +176,17 @@ def test_on_a_cpu_the_frozen_pipeline_stays_fp32(model_cache):
     assert not any(p.requires_grad for p in params)
 
 
+def test_with_gpu_dtypes_the_fp32_vae_is_read_in_fp32_never_rounded_through_half(model_cache, monkeypatch):
+    """The GPU's choice (bf16 models, fp32 SDXL VAE) made on a CPU: the VAE's weights must be the stored
+    fp32 ones bit for bit, the rest bf16 (a pipeline-wide .to(bf16) followed by an upcast loses VAE bits)."""
+    monkeypatch.setattr("pea.models.precision.frozen_dtype", lambda *a: torch.bfloat16)
+    stored = AutoencoderKL.from_pretrained(pipeline_source(get_preset("tiny-sdxl"), model_cache), subfolder="vae")
+    pipe = load_frozen_pipeline(get_preset("tiny-sdxl"), model_cache, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), stored.state_dict().values()))
+    assert pipe.vae.dtype == torch.float32
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.text_encoder_2.dtype == torch.bfloat16
+
+
 def test_the_cache_stage_on_a_cpu_keeps_fp32_features_and_the_given_batch(tmp_path, monkeypatch):
     ko = get_language("ko")
     env = {"PEA_DATA_DIR": str(tmp_path / "data")}
@@ -186,3 +198,13 @@ def test_the_cache_stage_on_a_cpu_keeps_fp32_features_and_the_given_batch(tmp_pa
     monkeypatch.setattr("pea.data.cache.cache_features", lambda *a, **kw: batches.append(kw) or {})
     cache_stage(profile, ko, tiny, batch_size=3)
     assert batches[0]["batch_size"] == 3 and batches[0]["dtype"] == torch.float32
+
+
+def test_sdxl_at_1024px_trains_with_gradient_checkpointing_by_default_and_a_run_can_say_otherwise():
+    """Measured on an H100 (pea.presets.TrainDefaults): the default batch of 16 needs ~106 GB without it."""
+    cfg = TrainConfig()
+    assert cfg.for_preset(get_preset("sdxl")).gradient_checkpointing is True
+    assert cfg.for_preset(get_preset("ssd-1b")).gradient_checkpointing is True
+    assert cfg.for_preset(get_preset("sd15")).gradient_checkpointing is False
+    off = TrainConfig(gradient_checkpointing=False).for_preset(get_preset("sdxl"))
+    assert off.gradient_checkpointing is False

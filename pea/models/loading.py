@@ -60,18 +60,40 @@ def load_pipeline(preset: Preset, model_cache: Path, pipeline_cls=None, **kwargs
 
 def load_frozen_pipeline(preset: Preset, model_cache: Path, device, **kwargs):
     """The base pipeline frozen on `device`, loaded straight into the dtypes pea/models/precision.py picks
-    (half on a GPU, the VAE in fp32 where it must be; fp32 on a CPU), never as fp32 weights under autocast."""
+    (half on a GPU, the VAE in fp32 where it must be; fp32 on a CPU), never as fp32 weights under autocast.
+    The VAE is read in fp32 and cast down only where its config allows half: a VAE that must run in fp32
+    never has its weights rounded through half precision on the way."""
+    import torch
+
+    models, _ = frozen_dtypes(preset.family, torch.device(device), {})
+    pipe = load_pipeline(preset, model_cache, dtype={"default": models, "vae": torch.float32}, **kwargs)
+    return place_frozen(pipe, preset.family, device)
+
+
+def frozen_dtypes(family: str, device, vae_config) -> tuple:
+    """(models, VAE) dtypes on `device` for a pipeline of `family` whose VAE config is `vae_config`."""
     import torch
 
     from pea.models.precision import frozen_dtype, vae_dtype
 
-    device = torch.device(device)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    pipe = load_pipeline(preset, model_cache, dtype=frozen_dtype(device.type, bf16), **kwargs)
-    vae = vae_dtype(pipe.vae.config, preset.family, device.type, bf16)
-    if pipe.vae.dtype != vae:
-        pipe.vae.to(dtype=vae)
-    return freeze(pipe).to(device)
+    return frozen_dtype(device.type, bf16), vae_dtype(vae_config, family, device.type, bf16)
+
+
+def place_frozen(pipe, family: str, device):
+    """`pipe` frozen on `device` in the dtypes frozen_dtypes picks, component by component (a pipeline-wide
+    .to(dtype) would round the VAE through half). Pipelines built in memory, such as the real architecture
+    with random weights in the benchmarks, take the same dtypes as loaded ones."""
+    import torch
+
+    device = torch.device(device)
+    models, vae = frozen_dtypes(family, device, pipe.vae.config)
+    for name, component in freeze(pipe).components.items():
+        if isinstance(component, torch.nn.Module):
+            dtype = vae if name == "vae" else models
+            # a dtype only where it changes: diffusers warns on every .to(dtype), even with nothing to keep in fp32
+            component.to(device, *([] if component.dtype == dtype else [dtype]))
+    return pipe
 
 
 def load_transformers_class(qualified: str):

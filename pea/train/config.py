@@ -32,13 +32,14 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0)
     on_nonfinite: Literal["raise", "skip"] = "raise"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: the preset's
     run_name: str | None = None  # Ray Train run name; the same name resumes that run
 
     def for_preset(self, preset) -> "TrainConfig":
         """This config with every field left to the preset filled from it (what the job logs and runs)."""
         defaults = {"lr": preset.train.lr, "warmup_steps": preset.train.warmup_steps,
-                    "weight_decay": preset.train.weight_decay, "adapter_hidden": preset.adapter_hidden}
+                    "weight_decay": preset.train.weight_decay, "adapter_hidden": preset.adapter_hidden,
+                    "gradient_checkpointing": preset.train.gradient_checkpointing}
         return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def kd_config(self) -> KDConfig:
