@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from pea.errors import PeaError
+from pea.errors import PeaError, redact
 from pea.progress import lines
 
 app = typer.Typer(
@@ -148,10 +148,10 @@ def profile(
     from pea.profiles import check_mlflow
 
     prof = _profile(profile)
-    typer.echo(yaml.safe_dump(prof.model_dump(mode="json"), sort_keys=False).rstrip())
+    typer.echo(yaml.safe_dump(prof.model_dump(mode="json"), sort_keys=False).rstrip())  # passwords redacted
     if check:
         check_mlflow(prof.mlflow_tracking_uri)
-        typer.echo(f"mlflow: {prof.mlflow_tracking_uri} reachable")
+        typer.echo(f"mlflow: {redact(prof.mlflow_tracking_uri)} reachable")
 
 
 @app.command("train-language")
@@ -218,9 +218,10 @@ def _not_a_run_failure(record: logging.LogRecord) -> bool:
 
 
 def _mlflow_ui(tracking_uri: str) -> str:
-    """A tracking server is its own UI; a local store is opened by one on loopback."""
+    """A tracking server is its own UI (shown without its password); a local store is opened by one on
+    loopback."""
     if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri
+        return redact(tracking_uri)
     return f"uv run mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1"
 
 
@@ -289,7 +290,7 @@ def harvest(
         cfg = HarvestConfig(processes=processes, threads=threads, distributor=distributor)
     except ValidationError as e:
         err = e.errors()[0]
-        option = {"kind": "source-kind", "uri": "source-uri", "name": "source-name"}.get(str(err["loc"][0]), err["loc"][0])
+        option = {"kind": "source-kind", "uri": "source-uri"}.get(str(err["loc"][0]), err["loc"][0])
         raise PeaError(f"--{str(option).replace('_', '-')}: {err['msg']}", "see `pea harvest --help`") from e
     manifest = harvest_stage(_profile(profile), language, source, cfg)
     typer.echo(f"harvested {source.name}: {manifest['counts']}")
@@ -424,9 +425,9 @@ def models(lang: LangOpt, profile: ProfileOpt = "local"):
     name = model_name(get_language(lang).code)
     rows = list_versions(prof.mlflow_tracking_uri, lang) if _registry_exists(prof) else []
     if not rows:
-        typer.echo(f"{name}: no registered versions in {prof.mlflow_tracking_uri}")
+        typer.echo(f"{name}: no registered versions in {redact(prof.mlflow_tracking_uri)}")
         return
-    table = Table(title=f"{name} ({prof.mlflow_tracking_uri})")
+    table = Table(title=f"{name} ({redact(prof.mlflow_tracking_uri)})")
     for col in ("version", "aliases", "primary metric", "guard metric"):
         table.add_column(col, no_wrap=True)
     table.add_column("gate", overflow="fold")

@@ -2,6 +2,8 @@
 (native language, frozen student encoder + adapter). Both give a `Conditioning`, so the KD step and the
 inference pipeline never need to know which side they hold."""
 
+import unicodedata
+
 import torch
 
 from pea.adapter import PEAAdapter
@@ -19,9 +21,15 @@ def null_is_zeros(pipe) -> bool:
     return bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
 
 
+def _blank(prompt) -> bool:
+    """Nothing to condition on: spaces and control or format characters (NUL, ESC, zero-width) only."""
+    return not isinstance(prompt, str) or all(c.isspace() or unicodedata.category(c)[0] == "C" for c in prompt)
+
+
 def check_prompts(prompts: list[str]) -> None:
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise PeaError("empty prompt", "give a non-empty prompt in the adapter's language")
+    if not prompts or any(_blank(p) for p in prompts):
+        raise PeaError("empty prompt (nothing but spaces or control characters)",
+                       "give a non-empty prompt in the adapter's language")
 
 
 class TeacherConditioner:

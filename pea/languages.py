@@ -4,6 +4,7 @@ from functools import cache
 
 from pydantic import BaseModel, ConfigDict
 
+from pea.names import name_type
 from pea.resources import load_registry, lookup
 
 
@@ -39,7 +40,7 @@ class PaperEncoder(_Frozen):
 
 
 class Language(_Frozen):
-    code: str
+    code: name_type("language code")
     name: str
     native_name: str
     student_encoder: EncoderSpec

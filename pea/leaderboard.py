@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from pea import tracking
+from pea.errors import redact
 from pea.names import model_name
 from pea.registry import CHALLENGER, CHAMPION
 
@@ -62,7 +63,7 @@ def _section(tracking_uri: str, lang: str) -> str:
 def write_leaderboard(tracking_uri: str, langs: list[str], out: Path) -> Path:
     body = "".join(_section(tracking_uri, lang) for lang in langs)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>pea leaderboard</title><style>{STYLE}</style>"
-            f"</head><body><h1>pea leaderboard</h1><p>From {html.escape(tracking_uri)}</p>{body}</body></html>")
+            f"</head><body><h1>pea leaderboard</h1><p>From {html.escape(redact(tracking_uri))}</p>{body}</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -1,5 +1,31 @@
 """Names that other people's scripts depend on (MLflow models and experiments, training run names), each
-spelled once."""
+spelled once, and the one rule for every name a user gives that becomes a path segment under the storage root."""
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+from pea.errors import PeaError
+
+# one path segment: no '/', no leading '.', never '..', so a name can neither climb out of its folder nor hide
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a safe name: source, run, language and preset names become folders under the storage
+    root, and a deployment parameter may come from anyone who can start a flow run."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or ".." in value:
+        raise PeaError(f"{what} {value!r} is not a valid name",
+                       "use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'")
+    return value
+
+
+def name_type(what: str):
+    """A str field checked by `check_name` wherever the model is built (flags, YAML, Prefect parameters); the
+    pattern is in its JSON schema too, so a Prefect server refuses a bad deployment parameter before a run."""
+    return Annotated[str, AfterValidator(lambda value: check_name(value, what)),
+                     Field(json_schema_extra={"pattern": NAME_PATTERN})]
 
 
 def model_name(lang: str) -> str:

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pea.evaluate.config import EvalDefaults, EvalModels
 from pea.languages import EncoderSpec, Language
+from pea.names import name_type
 from pea.resources import load_registry, lookup
 
 
@@ -37,7 +38,7 @@ class TrainDefaults(BaseModel):
 class Preset(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
+    name: name_type("preset name")
     family: Literal["sd15", "sdxl"]
     context_dim: int
     resolution: int

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
-from pea.errors import PeaError
+from pea.errors import PeaError, redact
 from pea.resources import resource_path
 
 ENV_PREFIX = "PEA_"
@@ -42,6 +42,12 @@ class Profile(_Strict):
     mlflow_artifact_root: str | None = None  # where new experiments keep artifacts; None: the server's default
     ray: RayProfile = RayProfile()
     s3: S3Profile = S3Profile()
+
+    @field_serializer("storage_root", "mlflow_tracking_uri", "mlflow_artifact_root", when_used="json-unless-none")
+    def _redacted(self, uri: str) -> str:
+        """A profile dumped as JSON is shown (`pea profile`; Prefect keeps a sub-flow's parameters for its UI):
+        without passwords. The running code reads the fields themselves, passwords included."""
+        return redact(uri)
 
     @property
     def model_cache(self) -> Path:
@@ -86,6 +92,9 @@ def _apply_env(raw: dict, env: Mapping[str, str]) -> dict:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PeaError(f"environment variable {key}: profile field {part!r} has no fields inside",
+                               f"remove {key}, or set {ENV_PREFIX}{part.upper()} itself")
         node[path[-1]] = value
     return out
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pea.errors import PeaError
+from pea.names import name_type
 
 SourceKind = Literal["laion-multi", "wukong", "laion-en", "folder", "webdataset"]
 
@@ -32,7 +33,7 @@ NORMALIZED = pa.schema([
 class SourceSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str  # folder name under raw/
+    name: name_type("source name")  # folder name under raw/
     kind: SourceKind
     uri: str  # parquet file (metadata kinds), image folder, or shard glob
     culture: bool = False  # every sample is culture data (SD loss only), as WuKong is

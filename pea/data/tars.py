@@ -1,8 +1,8 @@
 """Reading and writing webdataset tar shards safely.
 
-Members are checked before use: an absolute path, a `..` component, a link or any non-regular member is
-refused, since shards come from outside (img2dataset output, users' existing shards). webdataset itself
-treats member names as keys and never checks them.
+Members are checked before use: an absolute path, a `..` component, a link or any member but a regular file
+or a folder (skipped) is refused, since shards come from outside (img2dataset output, users' existing shards).
+webdataset itself treats member names as keys and never checks them.
 """
 
 import io
@@ -22,7 +22,7 @@ def check_member(info: tarfile.TarInfo, source: str) -> None:
     parts = name.split("/")
     if name.startswith("/") or posixpath.isabs(name) or ".." in parts or "\\" in name:
         raise PeaError(f"{source}: unsafe tar member path {name!r}", "rebuild the shard with plain relative member names")
-    if not info.isreg():
+    if not (info.isreg() or info.isdir()):
         raise PeaError(f"{source}: tar member {name!r} is not a regular file", "rebuild the shard without links or devices")
 
 
@@ -33,7 +33,7 @@ def iter_samples(fileobj, source: str) -> Iterator[dict]:
         for info in tar:
             check_member(info, source)
             base = posixpath.basename(info.name)
-            if base.startswith("."):  # hidden helper files some tools add
+            if info.isdir() or base.startswith("."):  # `tar -c folder`'s folder entries; hidden helper files
                 continue
             key, _, ext = base.partition(".")
             key = posixpath.join(posixpath.dirname(info.name), key)

@@ -125,7 +125,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     from pea.evaluate.run import evaluate
     from pea.evaluate.suites import build_suite
     from pea.inference import PEAPipeline
-    run_name = run_name or names.run_name(language.code, preset.name)
+    run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     run = _train_run(profile, language, run_name)
     storage = profile.storage()
     cfg = cfg.for_preset(preset)
@@ -164,7 +164,7 @@ def register_stage(profile: Profile, language: Language, preset: Preset, run_nam
                    gate: GateConfig = GateConfig()) -> Registration:
     from pea.gate import Decision, decide
     from pea.registry import CHAMPION, apply_decision, register, version_by_alias
-    run_name = run_name or names.run_name(language.code, preset.name)
+    run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     storage = profile.storage()
     if not storage.exists(*eval_dir(language.code, run_name), "metrics.json"):
         raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pea.adapter import AdapterConfig
 from pea.distill import ABLATIONS, KDConfig
+from pea.names import name_type
 
 
 RUNTIME_FIELDS = {"run_name", "max_failures", "keep_checkpoints", "log_every", "checkpoint_every"}
@@ -33,7 +34,7 @@ class TrainConfig(BaseModel):
     max_failures: int = Field(1, ge=0)
     on_nonfinite: Literal["raise", "skip"] = "raise"
     gradient_checkpointing: bool | None = None  # None: the preset's
-    run_name: str | None = None  # Ray Train run name; the same name resumes that run
+    run_name: name_type("run name") | None = None  # Ray Train run name; the same name resumes that run
 
     def for_preset(self, preset) -> "TrainConfig":
         """This config with every field left to the preset filled from it (what the job logs and runs)."""
