@@ -14,11 +14,12 @@ Saved as safetensors + a JSON config; never pickled.
 """
 
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from pea.errors import PeaError
@@ -27,16 +28,24 @@ from pea.kd_types import Conditioning
 WEIGHTS = "adapter.safetensors"
 CONFIG = "adapter.json"
 
+# Widths and depth an adapter.json may ask for. The config decides what is allocated (hidden_dims [4000000]
+# would be ~2 GB, [10**12] an allocator crash), so it is bounded before anything is built. Real widths are at
+# most a few thousand (SDXL's context 2048, 4096-d LLM encoders) and the official MLP has 2-3 hidden layers.
+MAX_WIDTH = 65536
+MAX_HIDDEN_LAYERS = 16
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+
 
 class AdapterConfig(BaseModel):
     """Dimensions plus what the adapter was trained for (checked again when it is loaded)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_dim: int = Field(gt=0)  # student encoder's hidden size
-    context_dim: int = Field(gt=0)  # UNet cross-attention width (768 SD1.5, 2048 SDXL)
-    pooled_dim: int | None = Field(None, gt=0)  # SDXL pooled text embedding (1280), None for SD1.5
-    hidden_dims: tuple[int, ...] = Field((1024, 1024), min_length=1)  # the bias-free hidden Linear widths
+    input_dim: Width  # student encoder's hidden size
+    context_dim: Width  # UNet cross-attention width (768 SD1.5, 2048 SDXL)
+    pooled_dim: Width | None = None  # SDXL pooled text embedding (1280), None for SD1.5
+    # the bias-free hidden Linear widths
+    hidden_dims: tuple[Width, ...] = Field((1024, 1024), min_length=1, max_length=MAX_HIDDEN_LAYERS)
     language: str | None = None
     student_encoder: str | None = None
     base_model: str | None = None
@@ -92,21 +101,30 @@ def _expect(name: str, got, want, fix: str) -> None:
         raise PeaError(f"adapter {name} is {got}, but this model needs {want}", fix)
 
 
-def load_adapter(
-    folder: Path,
-    input_dim: int | None = None,
-    context_dim: int | None = None,
-    pooled_dim: int | None = None,
-    language: str | None = None,
-) -> PEAAdapter:
-    """Load an adapter and check it fits the encoder (input_dim), the UNet (context/pooled) and the language."""
+def _read_config(folder: Path) -> AdapterConfig:
+    """The adapter.json of `folder`, validated (widths bounded): reads no weights, so it is instant."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise PeaError(f"{folder} holds no adapter ({CONFIG} + {WEIGHTS})", "point --adapter at a saved adapter folder")
     try:
-        config = AdapterConfig.model_validate_json((folder / CONFIG).read_text(encoding="utf-8"))
-    except (ValidationError, UnicodeDecodeError) as e:
+        return AdapterConfig.model_validate_json((folder / CONFIG).read_text(encoding="utf-8"))
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or "the file"
+        raise PeaError(f"{folder / CONFIG} is not a valid adapter config ({field}: {err['msg']})",
+                       "re-export the adapter") from e
+    except UnicodeDecodeError as e:
         raise PeaError(f"{folder / CONFIG} is not a valid adapter config ({e})", "re-export the adapter") from e
+
+
+def _check_config(
+    config: AdapterConfig,
+    input_dim: int | None = None,
+    context_dim: int | None = None,
+    pooled_dim: int | None = None,
+    language: str | None = None,
+) -> None:
+    """Refuse an adapter that does not fit the encoder (input_dim), the UNet (context/pooled) or the language."""
     if language and config.language and config.language != language:
         raise PeaError(
             f"this adapter was trained for {config.language!r}, not {language!r}",
@@ -115,17 +133,40 @@ def load_adapter(
     _expect("input width", config.input_dim, input_dim, "use the student encoder it was trained with")
     _expect("context width", config.context_dim, context_dim, "use the base model family it was trained for")
     _expect("pooled width", config.pooled_dim, pooled_dim, "use the base model family it was trained for")
+
+
+def _read_weights(path: Path, config: AdapterConfig) -> dict[str, torch.Tensor]:
+    """The weights, once the safetensors header's shapes match the config's, so a config that disagrees with
+    its weights costs no memory: the expected shapes come from an adapter built on the meta device (e.g.
+    mlp.1.weight (hidden_dims[0], input_dim)), the file's from its header."""
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in PEAAdapter(config).state_dict().items()}
     try:
-        state = load_file(folder / WEIGHTS)
+        with safe_open(path, framework="pt") as f:
+            found = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            key = next((k for k in sorted(expected.keys() | found.keys()) if expected.get(k) != found.get(k)), None)
+            if key is not None:
+                raise PeaError(f"{path} does not match its {CONFIG}: {key} is {found.get(key, 'absent')} in the "
+                               f"weights, {expected.get(key, 'absent')} by the config", "re-export the adapter")
+            return {k: f.get_tensor(k) for k in found}
     except (SafetensorError, OSError, ValueError) as e:
-        raise PeaError(
-            f"{folder / WEIGHTS} is not a readable safetensors file ({e})", "re-export or re-download the adapter"
-        ) from e
+        raise PeaError(f"{path} is not a readable safetensors file ({e})",
+                       "re-export or re-download the adapter") from e
+
+
+def load_adapter(
+    folder: Path,
+    input_dim: int | None = None,
+    context_dim: int | None = None,
+    pooled_dim: int | None = None,
+    language: str | None = None,
+) -> PEAAdapter:
+    """Load an adapter and check it fits the encoder (input_dim), the UNet (context/pooled) and the language.
+    Everything is checked from adapter.json and the weights' header before any tensor is allocated."""
+    folder = Path(folder)
+    config = _read_config(folder)
+    _check_config(config, input_dim, context_dim, pooled_dim, language)
+    state = _read_weights(folder / WEIGHTS, config)
     adapter = PEAAdapter(config)
-    expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        diff = sorted(set(expected.items()) ^ set(found.items()))[:3]
-        raise PeaError(f"{folder / WEIGHTS} does not match its config (first differences: {diff})", "re-export the adapter")
     adapter.load_state_dict(state)
     return adapter

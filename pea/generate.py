@@ -15,7 +15,6 @@ def generate_image(
 ) -> Path:
     import torch
 
-    from pea.adapter import load_adapter
     from pea.inference import PEAPipeline
     from pea.models.precision import default_device
 
@@ -23,8 +22,8 @@ def generate_image(
     if out.suffix.lower() != ".png":
         raise PeaError(f"output {out} is not a .png path", "give --out a file name ending in .png")
     language = get_language(lang)
-    load_adapter(adapter_dir, language=language.code)  # a wrong or broken adapter fails before any model loads
     device = default_device()
+    # a broken adapter, or one for another preset or language, fails before any model loads
     pipe = PEAPipeline.from_preset(adapter_dir, language, preset, profile.model_cache).to(device)
     generator = torch.Generator(device).manual_seed(seed)
     image = pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps,

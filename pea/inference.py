@@ -7,7 +7,7 @@ models keep working: wrap whichever pipeline you built.
 
 from pathlib import Path
 
-from pea.adapter import load_adapter
+from pea.adapter import AdapterConfig, load_adapter
 from pea.conditioning import StudentConditioner, check_prompts, is_sdxl, null_is_zeros
 from pea.errors import PeaError
 from pea.languages import Language
@@ -49,15 +49,30 @@ class PEAPipeline:
         context = pipe.unet.config.cross_attention_dim
         pooled = pipe.text_encoder_2.config.projection_dim if is_sdxl(pipe) else None
         adapter = load_adapter(adapter_dir, spec.hidden_size, context, pooled, language.code)
-        if adapter.config.student_encoder and adapter.config.student_encoder != spec.id:
-            raise PeaError(
-                f"adapter was trained on encoder {adapter.config.student_encoder!r}, the {preset.name} preset uses {spec.id!r}",
-                "use the preset the adapter was trained with",
-            )
+        _check_encoder(adapter.config, preset, language)
         encoder = load_text_encoder(spec, model_cache).to(pipe.device)
         adapter = adapter.to(pipe.device, pipe.unet.dtype).eval().requires_grad_(False)
         return cls(pipe, StudentConditioner(encoder, adapter, zero_null=null_is_zeros(pipe)))
 
     @classmethod
     def from_preset(cls, adapter_dir: Path, language: Language, preset: Preset, model_cache: Path, **load_kwargs):
+        check_fits(adapter_dir, language, preset)
         return cls.wrap(load_pipeline(preset, model_cache, **load_kwargs), adapter_dir, language, preset, model_cache)
+
+
+def check_fits(adapter_dir: Path, language: Language, preset: Preset) -> None:
+    """Refuse a broken adapter, or one that does not fit `preset`, from the adapter (a few MB) and the preset's
+    widths alone, before any model is loaded: a real base model takes ~30 s to load, only for `wrap` to refuse
+    the adapter then."""
+    spec = preset.student_for(language)
+    adapter = load_adapter(adapter_dir, spec.hidden_size, preset.context_dim, preset.pooled_dim, language.code)
+    _check_encoder(adapter.config, preset, language)
+
+
+def _check_encoder(config: AdapterConfig, preset: Preset, language: Language) -> None:
+    spec = preset.student_for(language)
+    if config.student_encoder and config.student_encoder != spec.id:
+        raise PeaError(
+            f"adapter was trained on encoder {config.student_encoder!r}, the {preset.name} preset uses {spec.id!r}",
+            "use the preset the adapter was trained with",
+        )

@@ -188,7 +188,7 @@ def test_bucketing_drops_and_counts_broken_and_tiny_images(tmp_path):
     storage = Storage(str(tmp_path / "root"))
     _prepare(storage, folder)
     manifest = bucket(storage, "ko", SMALL)
-    assert manifest["dropped"] == {"broken": 1, "tiny": 1, "no_caption": 0}
+    assert manifest["dropped"] == {"broken": 1, "too_large": 0, "tiny": 1, "no_caption": 0}
     assert manifest["samples"] == 4 and len(manifest["buckets"]) == 2
     for s in manifest["shards"]:
         for x in iter_samples(storage.open("ko", "shards", *s["path"].split("/")), "t"):

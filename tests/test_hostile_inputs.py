@@ -1,17 +1,27 @@
 """Hostile and careless input (issue #16): names that climb out of the storage root, passwords in URIs, blank
-prompts, tar folder entries and malformed environment variables. Each case is refused (or handled) in one line,
+prompts, tar folder entries, malformed environment variables, adapter configs that would allocate without
+bound and images or tar members too large to hold. Each case is refused (or handled) in one line,
 with a non-zero exit code on the CLI, no traceback and nothing written where it does not belong."""
 
 import io
+import json
+import resource
+import struct
 import tarfile
+import time
+import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+from pea.adapter import CONFIG, AdapterConfig, PEAAdapter, load_adapter
+from pea.data.buckets import BucketConfig
 from pea.data.harvest import harvest
+from pea.data.shards import bucket
 from pea.data.sources import SourceSpec
-from pea.data.tars import iter_samples
+from pea.data.tars import MAX_MEMBER_BYTES, iter_samples
+from pea.data.translate import translate
 from pea.errors import PeaError, redact
 from pea.names import NAME_PATTERN
 from pea.profiles import load_profile
@@ -192,3 +202,109 @@ def test_a_nested_variable_under_a_plain_field_names_the_variable(variable, tmp_
     with pytest.raises(PeaError, match=variable):
         load_profile("local", env={variable: "1"}, cwd=tmp_path)
     _one_line_error(pea_cli("profile", env=_env(tmp_path) | {variable: "1"}, cwd=tmp_path), variable)
+
+
+# 4. adapter configs that decide what is allocated
+
+
+def _saved_adapter(folder: Path, **changes) -> Path:
+    """An adapter that fits tiny-sdxl for ko (64 -> 32 -> 32-d pooled tokens -> 64-d context), with `changes`."""
+    cfg = AdapterConfig(input_dim=64, context_dim=64, pooled_dim=32, hidden_dims=(32,), language="ko",
+                        student_encoder="tiny-byt5")
+    return PEAAdapter(cfg.model_copy(update=changes)).save(folder)
+
+
+def _edit_config(folder: Path, **changes) -> Path:
+    """`folder` with only its adapter.json changed, so that it no longer describes the weights."""
+    (folder / CONFIG).write_text(json.dumps(json.loads((folder / CONFIG).read_text()) | changes))
+    return folder
+
+
+@pytest.mark.parametrize("width", [10**12, 4_000_000])
+def test_an_absurd_adapter_width_is_refused_before_anything_is_allocated(width, tmp_path):
+    """[10**12] used to crash the allocator; [4000000] built 64 -> 4e6 -> 32 Linears (~1.5 GB) before the
+    weights were compared with them."""
+    folder = _edit_config(_saved_adapter(tmp_path / "a"), hidden_dims=[width])
+    peak_kib, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    with pytest.raises(PeaError) as e:
+        load_adapter(folder)
+    assert time.monotonic() - start < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kib < 100 * 1024
+    assert "hidden_dims.0" in e.value.problem and "65536" in e.value.problem and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"hidden_dims": [48]}, "mlp.1.weight is [32, 64] in the weights, [48, 64] by the config"),
+    ({"pooled_dim": None}, "context_head.1.bias is [64] in the weights, absent by the config"),
+], ids=["wider", "no-pooled-head"])
+def test_adapter_weights_that_do_not_match_their_config_are_refused_naming_the_first_key(changes, words, tmp_path):
+    folder = _edit_config(_saved_adapter(tmp_path / "a"), **changes)
+    with pytest.raises(PeaError) as e:
+        load_adapter(folder)
+    assert words in e.value.problem and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes, edit, words", [
+    ({"context_dim": 32, "pooled_dim": None}, {}, "context width is 32, but this model needs 64"),
+    ({"input_dim": 48}, {}, "input width is 48, but this model needs 64"),
+    ({}, {"hidden_dims": [10**12]}, "hidden_dims.0"),
+], ids=["sd15-adapter", "other-student", "absurd-width"])
+def test_generate_refuses_an_adapter_that_does_not_fit_before_loading_a_model(changes, edit, words, tmp_path,
+                                                                              pea_cli, monkeypatch):
+    """The preset's widths are checked from adapter.json: a real base model takes ~30 s to load first."""
+    def load_pipeline(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("pea.inference.load_pipeline", load_pipeline)
+    folder = _edit_config(_saved_adapter(tmp_path / "a", **changes), **edit)
+    result = pea_cli("generate", "빨간 원", "--lang", "ko", "--adapter", str(folder), "--preset", "tiny-sdxl",
+                     "--out", str(tmp_path / "out.png"), env=_env(tmp_path), cwd=tmp_path)
+    _one_line_error(result, words)
+    assert not (tmp_path / "out.png").exists()
+
+
+# 5. images and tar members too large to hold
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 RGBA PNG whose header (IHDR) claims width x height: what Image.open reports without decoding."""
+    buf = io.BytesIO()
+    Image.new("RGBA", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")  # then width, height, 5 more bytes, and the CRC of type + data
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(data[ihdr : ihdr + 17]))
+    return bytes(data)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("side", [13300, 20000], ids=["under-PILs-limit", "over-PILs-limit"])
+def test_a_decompression_bomb_is_counted_too_large_and_never_decoded(side, image_folder, tmp_path, monkeypatch):
+    """13300^2 RGBA (714 KB as a real PNG) is just under what PIL refuses and would take ~1.2 GB decoded."""
+    (image_folder / "bomb.png").write_bytes(_png_claiming(side, side))
+    for name in ("a", "bomb"):
+        (image_folder / f"{name}.txt").write_text("빨간 원", encoding="utf-8")
+        (image_folder / f"{name}.en.txt").write_text("a red circle", encoding="utf-8")
+    storage = Storage(str(tmp_path / "root"))
+    harvest(storage, "ko", SourceSpec(name="f", kind="folder", uri=str(image_folder)))
+    translate(storage, "ko", "kor_Hang", "none", lambda: pytest.fail("every caption has both sides"))
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or load(im))
+    manifest = bucket(storage, "ko", BucketConfig(side=32, step=8))
+    assert manifest["dropped"] == {"broken": 0, "too_large": 1, "tiny": 0, "no_caption": 0}
+    assert manifest["samples"] == 1 and set(decoded) == {(64, 64)}  # the real image only
+
+
+def test_an_oversized_tar_member_is_refused_before_it_is_read(tmp_path, pea_cli):
+    """The member's header alone says its size; the file is sparse, so the test holds no 64 MiB itself."""
+    info = tarfile.TarInfo("big/0001.jpg")
+    info.size = MAX_MEMBER_BYTES + 1
+    with open(tmp_path / "s.tar", "wb") as f:
+        f.write(info.tobuf())
+        f.truncate(512 + MAX_MEMBER_BYTES + 512 + 1024)  # the data padded to 512-byte blocks, then the end blocks
+    before = _files(tmp_path)
+    result = pea_cli("harvest", "--lang", "ko", "--source-kind", "webdataset", "--source-uri", str(tmp_path / "s.tar"),
+                     "--source-name", "w", env=_env(tmp_path), cwd=tmp_path)
+    _one_line_error(result, "s.tar: tar member 'big/0001.jpg' is 64 MiB, over the 64 MiB")
+    assert _files(tmp_path) == before

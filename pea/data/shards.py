@@ -2,7 +2,7 @@
 
 Each raw shard is one unit of work: its output shards have names derived from it and a done marker is
 written last, so a re-run skips finished inputs and redoes an unfinished one under the same names (no
-duplicates). Broken, tiny and uncaptioned samples are dropped and counted, never raised.
+duplicates). Broken, too large, tiny and uncaptioned samples are dropped and counted, never raised.
 """
 
 import hashlib
@@ -18,6 +18,12 @@ from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.layout import captions_dir, raw_dir, shards_dir
 from pea.progress import Progress, quiet
 from pea.storage import Storage
+
+# Images with more pixels are dropped as too large before they are decoded. PIL only refuses ~179 MP (twice
+# its MAX_IMAGE_PIXELS), so a 13300^2 RGBA PNG of 714 KB would be decoded into 0.7 GB and converted into
+# another 0.5 GB. 64 MP (8192^2) admits every camera photo (the largest common sensors are ~61 MP) and far more
+# than harvest keeps from the web by default (4096^2), while a decoded RGBA image stays within 256 MiB.
+MAX_PIXELS = 8192**2
 
 
 def bucket(
@@ -48,7 +54,7 @@ def bucket(
 
 def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
     pending: dict[tuple[int, int], list[dict]] = {}
-    written, dropped, kept = [], {"broken": 0, "tiny": 0, "no_caption": 0}, 0
+    written, dropped, kept = [], {"broken": 0, "too_large": 0, "tiny": 0, "no_caption": 0}, 0
 
     def flush(b):
         samples = pending.pop(b, [])
@@ -66,9 +72,9 @@ def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
             if row is None or not row["native"]:
                 dropped["no_caption"] += 1
                 continue
-            image = _decode(sample)
-            if image is None:
-                dropped["broken"] += 1
+            image, problem = _decode(sample)
+            if problem:
+                dropped[problem] += 1
                 continue
             if min(image.size) < cfg.tiny_below:
                 dropped["tiny"] += 1
@@ -90,16 +96,22 @@ def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
     return {"kept": kept, "dropped": dropped, "shards": written}
 
 
-def _decode(sample: dict) -> Image.Image | None:
+def _decode(sample: dict) -> tuple[Image.Image | None, str | None]:
+    """(RGB image, None), or (None, why it is dropped): 'too_large' is known from the header alone (Image.open
+    reads no pixels), so such an image is never decoded."""
     data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     if data is None:
-        return None
+        return None, "broken"
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return None, "too_large"
             im.load()
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+            return im.convert("RGB"), None
+    except Image.DecompressionBombError:  # over PIL's own limit, raised by Image.open
+        return None, "too_large"
+    except (OSError, ValueError):
+        return None, "broken"
 
 
 def _manifest(storage: Storage, lang: str, cfg: BucketConfig) -> dict:

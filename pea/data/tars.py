@@ -1,8 +1,8 @@
 """Reading and writing webdataset tar shards safely.
 
 Members are checked before use: an absolute path, a `..` component, a link or any member but a regular file
-or a folder (skipped) is refused, since shards come from outside (img2dataset output, users' existing shards).
-webdataset itself treats member names as keys and never checks them.
+or a folder (skipped), and a member over MAX_MEMBER_BYTES are refused, since shards come from outside
+(img2dataset output, users' existing shards). webdataset itself treats member names as keys and never checks them.
 """
 
 import io
@@ -15,6 +15,10 @@ import webdataset as wds
 from pea.errors import PeaError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Larger members are refused before they are read, since a member is held whole in memory. A sample's members
+# are an image (a web JPEG is well under 1 MB, a 64 MP photo's ~30 MB), a caption or one sample's cached
+# features (a few MB), so 64 MiB only stops a forged or mistaken member (a video, a disk image).
+MAX_MEMBER_BYTES = 64 * 2**20
 
 
 def check_member(info: tarfile.TarInfo, source: str) -> None:
@@ -24,6 +28,9 @@ def check_member(info: tarfile.TarInfo, source: str) -> None:
         raise PeaError(f"{source}: unsafe tar member path {name!r}", "rebuild the shard with plain relative member names")
     if not (info.isreg() or info.isdir()):
         raise PeaError(f"{source}: tar member {name!r} is not a regular file", "rebuild the shard without links or devices")
+    if info.size > MAX_MEMBER_BYTES:
+        raise PeaError(f"{source}: tar member {name!r} is {info.size / 2**20:.0f} MiB, over the "
+                       f"{MAX_MEMBER_BYTES >> 20} MiB a sample's file may have", "rebuild the shard without it")
 
 
 def iter_samples(fileobj, source: str) -> Iterator[dict]:

@@ -124,7 +124,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     from pea.evaluate.report import write_report
     from pea.evaluate.run import evaluate
     from pea.evaluate.suites import build_suite
-    from pea.inference import PEAPipeline
+    from pea.inference import PEAPipeline, check_fits
     run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     run = _train_run(profile, language, run_name)
     storage = profile.storage()
@@ -134,6 +134,8 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
         adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
         champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion")
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
+        for folder in filter(None, (adapter, champion_dir)):
+            check_fits(folder, language, preset)  # before the base model loads
         device = default_device()
         pipe = scoring_pipeline(preset, profile.model_cache, device)
 
