@@ -13,7 +13,7 @@ from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.presets import get_preset
 from pea.progress import stage_line
-from pea.toy.build import ToyConfig, build_toy, digest, ensure_student, ensure_toy, load_judge
+from pea.toy.build import ToyConfig, build_toy, digest, ensure_student, ensure_toy, load_judge, token_contrastive
 from pea.toy.judge import to_tensor
 from pea.toy.world import general_scenes, render
 
@@ -73,3 +73,17 @@ def test_the_build_is_bit_for_bit_repeatable_and_shows_its_progress(small_world,
 
 def test_the_digest_follows_the_config():
     assert digest(SMALL) != digest(SMALL.model_copy(update={"seed": 1}))
+
+
+def test_the_multilingual_token_term_asks_every_real_token_for_its_image():
+    """token_contrastive is low when each real token points at its own image, high when the tokens point at
+    another sample's image; padding (mask 0) never counts."""
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    target = torch.eye(4)
+    mask = torch.tensor([[1, 1, 0]] * 4, dtype=torch.float32)
+    aligned = image.unsqueeze(1).repeat(1, 3, 1)  # (B, L, D): every token carries its sample's image
+    aligned[:, 2] = image.roll(1, 0)  # the padding position points elsewhere: masked out
+    swapped = image.roll(1, 0).unsqueeze(1).repeat(1, 3, 1)
+    low, high = token_contrastive(aligned, mask, image, target), token_contrastive(swapped, mask, image, target)
+    assert low < 0.05 and high > 5

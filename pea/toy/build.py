@@ -30,6 +30,7 @@ from pea.toy.world import (LANGS, MULTILINGUAL, SIZE, TOY_LANGS, caption, cultur
                            sample_scenes)
 
 log = logging.getLogger("pea.toy")
+TOKEN_WEIGHT = 10.0  # the multilingual student's token term (token_contrastive); measured in the README's toy section
 STUDENT_TOKENS = 80  # bytes + EOS of the longest caption in any language (a Russian one: 78 bytes)
 LAYOUT = "sdxl"  # the real repo whose model_index.json and scheduler.json the teacher takes
 
@@ -151,8 +152,21 @@ def _student_captions(lang: str, scenes: list, rng: random.Random) -> list[str]:
     return [caption(s, world.culture_lang(s) if s.culture_word else rng.choice([*LANGS, "en"])) for s in scenes]
 
 
+def token_contrastive(tokens: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, target: torch.Tensor):
+    """Cross-entropy of every real token picking its image on its own: tokens (B, L, D) projected states, mask
+    (B, L), image (B, D) normalised, target (B, B) rows of positives. The multilingual adapter learns from
+    English captions and is asked in other languages; it reads token states, and a student aligned through its
+    pooled embedding alone lays out each language's tokens its own way. With every token carrying the scene in
+    the shared space, another language's tokens look like English ones to the adapter (AltCLIP gets there by
+    distilling CLIP's English encoder on parallel text, which the toy does not have)."""
+    logits = torch.einsum("bld,kd->blk", F.normalize(tokens, dim=-1), image) / 0.07
+    per_token = -(target.unsqueeze(1) * logits.log_softmax(-1)).sum(-1)
+    return (per_token * mask).sum() / mask.sum()
+
+
 def train_student(lang: str, cfg: ToyConfig):
-    """A byte-level T5 encoder trained CLIP-style on (image, native caption) pairs, culture items included."""
+    """A byte-level T5 encoder trained CLIP-style on (image, native caption) pairs, culture items included; the
+    multilingual one also on every token (token_contrastive)."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     rng = random.Random(f"{cfg.seed}-{lang}")
@@ -177,6 +191,8 @@ def train_student(lang: str, cfg: ToyConfig):
         same = torch.tensor([[scenes[i] == scenes[j] for j in idx] for i in idx], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        if lang == MULTILINGUAL:
+            loss = loss + TOKEN_WEIGHT * token_contrastive(proj(states), mask.squeeze(-1), image, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
