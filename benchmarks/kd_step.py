@@ -225,8 +225,9 @@ def _peak_by_batch(step, batch, sizes: str, device) -> dict[int, float | str]:
 def _repeat(batch: KDBatch, size: int) -> KDBatch:
     """`batch` cycled to `size` samples (every field along dim 0)."""
     index = torch.arange(size) % len(batch.keys)
-    pick = lambda x: x[index.to(x.device)] if isinstance(x, torch.Tensor) else x  # noqa: E731
-    return KDBatch(**{f.name: pick(getattr(batch, f.name)) for f in fields(batch)} | {"keys": [str(i) for i in range(size)]})
+    tensors = {f.name: getattr(batch, f.name) for f in fields(batch) if f.name != "keys"}
+    cycled = {name: x if x is None else x[index.to(x.device)] for name, x in tensors.items()}
+    return KDBatch(**cycled, keys=[str(i) for i in range(size)])
 
 
 def _peak_in_subprocess(variant: str) -> float:
