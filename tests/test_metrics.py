@@ -1,6 +1,7 @@
 """The metric scorers load their models the way the real ones load (transformers, open_clip, the
 ImageReward checkpoint format) and score what they are given."""
 
+import logging
 import re
 
 import pytest
@@ -11,10 +12,11 @@ from safetensors.torch import load_file
 from pea.errors import PeaError
 from pea.evaluate.config import EvalModels
 from pea.evaluate.image_reward import POSITION_IDS, ImageRewardScorer, vision_key
-from pea.evaluate.metrics import CLIPScore, load_openclip_tiny, load_scorers
+from pea.evaluate.metrics import CLIPScore, OpenCLIPScore, load_openclip_tiny, load_scorers
 from pea.languages import ModelRef, get_language
 from pea.models.tiny import ensure_built
 from pea.models.tiny_encoders import save_tiny_chinese_clip
+from pea.models.tiny_metrics import save_tiny_openclip
 
 TINY = EvalModels(clipscore_native=ModelRef(id="tiny-clip", loader="transformers:CLIPModel"),
                   clipscore_en="tiny-openclip", pickscore="tiny-clip", pickscore_processor="tiny-clip",
@@ -68,6 +70,17 @@ def test_openclip_reads_the_saved_checkpoint_not_random_weights(model_cache):
     saved = load_file(folder / "open_clip_model.safetensors")
     for key, value in scorer.model.state_dict().items():
         assert torch.equal(value.cpu(), saved[key]), key
+
+
+def test_an_openclip_scorer_without_weights_is_an_error_not_a_random_model(model_cache, tmp_path, caplog):
+    folder = ensure_built("tiny-openclip", model_cache)
+    load_openclip_tiny(folder)  # registers the architecture
+    with pytest.raises(RuntimeError, match="could not be loaded"):
+        OpenCLIPScore.load(next(folder.glob("*.json")).stem, "")  # no weights named: open_clip would only warn
+    with caplog.at_level(logging.WARNING):
+        save_tiny_openclip(tmp_path / "rebuilt")  # building the stand-in from a seed is random on purpose
+    assert (tmp_path / "rebuilt" / "open_clip_model.safetensors").is_file()
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
 
 
 def test_image_reward_maps_every_checkpoint_tensor_onto_blip(model_cache):

@@ -108,7 +108,9 @@ class OpenCLIPScore:
     def load(cls, arch: str, pretrained: str) -> "OpenCLIPScore":
         import open_clip
 
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=default_device())
+        # require_pretrained: open_clip only logs a warning when no weights load; in pea that is an error
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=default_device(),
+                                                                     require_pretrained=True)
         return cls(model.eval(), preprocess, open_clip.get_tokenizer(arch))
 
     @torch.no_grad()

@@ -5,7 +5,9 @@ med_config.json, BERT vocab).
 Random seeded weights: the numbers mean nothing, the code path is the real one.
 """
 
+import contextlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,22 @@ def save_tiny_clip(out: Path) -> None:
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
 
 
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns on the root logger that a model without pretrained weights is random: here that is the
+    point (the stand-in is built from a seed, then loaded back with require_pretrained=True like a real one)."""
+
+    def not_random_init(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(not_random_init)
+    try:
+        yield
+    finally:
+        root.removeFilter(not_random_init)
+
+
 def save_tiny_openclip(out: Path) -> None:
     import open_clip
     from safetensors.torch import save_file
@@ -47,7 +65,8 @@ def save_tiny_openclip(out: Path) -> None:
     path.write_text(json.dumps(config, indent=2))
     open_clip.add_model_config(path)
     torch.manual_seed(0)
-    model = open_clip.create_model(OPENCLIP_NAME)
+    with _quiet_random_init():
+        model = open_clip.create_model(OPENCLIP_NAME)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
 
 
