@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -195,7 +196,8 @@ def run(args) -> dict:
     if device.type == "cuda":
         peaks = {name: _peak_mb(fn, device) for name, fn in variants.items()}
     else:
-        peaks = {name: _peak_in_subprocess(name) for name in variants}
+        with ThreadPoolExecutor(len(variants)) as pool:  # one process each, side by side: peaks do not add up
+            peaks = dict(zip(variants, pool.map(_peak_in_subprocess, variants)))
     return {
         "preset": preset.name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."),
         "batch": B, "resolution": side, "gradient_checkpointing": args.gradient_checkpointing,
