@@ -45,20 +45,36 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _profile(name: str):
+def _profile(name: str, interactive: bool = False):
     """Where the run happens. The CLI is an entry point: the one place besides the flow that reads the environment.
     Every command that runs anything loads its profile first, before the libraries it runs are imported, so this is
-    also where their environment defaults are set, the same for every command (_library_env)."""
+    also where their environment defaults are set (_library_env), the same for every command but MLflow's HTTP
+    retries, which are short for an `interactive` one."""
     from pea.profiles import load_profile
 
     prof = load_profile(name, env=dict(os.environ), cwd=Path.cwd())
-    _library_env(local_ray=prof.ray.address is None)
+    _library_env(local_ray=prof.ray.address is None, interactive=interactive)
     return prof
 
 
-def _library_env(local_ray: bool) -> None:
+# MLflow's client retries a failed HTTP request for about 4 minutes (7 retries, backoff factor 2, 120 s timeout), to
+# outlast a server's restart or rate limit. The interactive commands, which a user waits on for a lookup or a
+# registration (generate, models, register), give up sooner: each is quick to run again, and `register` is idempotent
+# per run. train, evaluate and train-language (the flow) keep MLflow's policy: their last MLflow writes come after
+# hours of work, which a blip of the server must not throw away, and a local Ray's workers (rank 0 logs the training
+# metrics) inherit this process's environment. A server that is down fails every one of them at once anyway: each
+# checks it before it starts (check_mlflow).
+_MLFLOW_SHORT_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int to MLflow: waits of 0 s then 2 s, each plus up to 1 s jitter
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",  # seconds to connect or between two reads, not for a whole download
+}
+
+
+def _library_env(local_ray: bool, interactive: bool = False) -> None:
     """Defaults for the libraries a command may run in this process (Ray, MLflow, Prefect), set before they are
-    imported (Ray reads its own at import time); a variable already set wins."""
+    imported (Ray reads its own at import time); a variable already set wins. An `interactive` command gets
+    MLflow's HTTP retries short (_MLFLOW_SHORT_RETRIES)."""
     env = {
         # Ray workers run in this environment (on a cluster, in pea's image): Ray's `uv run` hook would package
         # the current directory and build a virtualenv in every worker, and fails outside the project directory
@@ -74,6 +90,8 @@ def _library_env(local_ray: bool) -> None:
     }
     if local_ray:
         env["RAY_AUTH_MODE"] = "token"  # a local cluster's default, said explicitly: Ray then does not warn about it
+    if interactive:
+        env |= _MLFLOW_SHORT_RETRIES
     for key, value in env.items():
         os.environ.setdefault(key, value)
 
@@ -254,9 +272,12 @@ def generate(
 ):
     """Generate an image from a native-language prompt with a trained adapter."""
     from pea.generate import generate_image
+    from pea.profiles import check_mlflow
     from pea.registry import resolve_adapter
 
-    prof, base = _profile(profile), _preset(_run(config, preset))
+    base, prof = _preset(_run(config, preset)), _profile(profile, interactive=True)
+    if adapter.startswith("models:/"):
+        check_mlflow(prof.mlflow_tracking_uri)  # before the registry's client retries and the base model loads
     folder = resolve_adapter(adapter, prof.mlflow_tracking_uri, prof.data_dir / "registry")
     path = generate_image(prompt, lang, folder, out, prof, base, negative=negative, steps=steps, guidance=guidance,
                           seed=seed)
@@ -303,7 +324,7 @@ def translate(lang: LangOpt, profile: ProfileOpt = "local", preset: PresetOpt = 
     from pea.stages import translate_stage
 
     manifest = translate_stage(_profile(profile), get_language(lang), _preset(_run(config, preset)), progress=lines(typer.echo))
-    typer.echo(f"captions: {manifest['counts']} (this run: {manifest['this_run']})")
+    typer.echo(f"captions: {manifest['counts']}, dropped: {manifest['dropped']} (this run: {manifest['this_run']})")
 
 
 @app.command()
@@ -357,13 +378,16 @@ def train(
 ):
     """Train the language's adapter on existing shards (Ray Train; workers and GPUs from the profile)."""
     from pea.languages import get_language
+    from pea.profiles import check_mlflow
     from pea.train.config import TrainSwitches
     from pea.train.run import train_adapter
 
     run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr, train__method=method,
                train__run_name=run_name)
+    language, prof = get_language(lang), _profile(profile)
+    check_mlflow(prof.mlflow_tracking_uri)  # before the models are built and Ray starts
     switches = TrainSwitches(progress="bar" if sys.stderr.isatty() else "log")
-    result = train_adapter(_profile(profile), get_language(lang), _preset(run), run.train, switches, override_config)
+    result = train_adapter(prof, language, _preset(run), run.train, switches, override_config)
     typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
                f"MLflow run {result.mlflow_run_id}")
 
@@ -383,10 +407,16 @@ def evaluate(
     """Evaluate a trained adapter on the MG/MC prompts against its baselines and the champion; write the report."""
     from pea.evaluate.stage import evaluate_stage
     from pea.languages import get_language
+    from pea.names import check_name
+    from pea.profiles import check_mlflow
 
     run = _run(config, preset, eval__max_prompts=max_prompts, eval__images_per_prompt=images_per_prompt,
                eval__steps=steps, eval__batch_size=batch_size)
-    summary = evaluate_stage(_profile(profile), get_language(lang), _preset(run), run_name, run.eval, lines(typer.echo))
+    if run_name:  # bad input is refused before check_mlflow creates a SQLite store's folder
+        check_name(run_name, "run name")
+    language, prof = get_language(lang), _profile(profile)
+    check_mlflow(prof.mlflow_tracking_uri)  # before the models load
+    summary = evaluate_stage(prof, language, _preset(run), run_name, run.eval, lines(typer.echo))
     typer.echo(f"report: {summary.report}")
 
 
@@ -403,9 +433,15 @@ def register(
     """Register an evaluated run as a version of pea-<lang>; the gate decides whether it becomes champion."""
     from pea.evaluate.stage import register_stage
     from pea.languages import get_language
+    from pea.names import check_name
+    from pea.profiles import check_mlflow
 
     run = _run(config, preset, gate__tolerance=tolerance)
-    out = register_stage(_profile(profile), get_language(lang), _preset(run), run_name, run.gate)
+    if run_name:  # bad input is refused before check_mlflow creates a SQLite store's folder
+        check_name(run_name, "run name")
+    language, prof = get_language(lang), _profile(profile, interactive=True)
+    check_mlflow(prof.mlflow_tracking_uri)
+    out = register_stage(prof, language, _preset(run), run_name, run.gate)
     verdict = "champion" if out.promoted else "challenger"
     typer.echo(f"{out.model} version {out.version}{'' if out.new_version else ' (registered before)'}: "
                f"{verdict} -- {out.reason}")
@@ -414,16 +450,17 @@ def register(
 @app.command()
 def models(lang: LangOpt, profile: ProfileOpt = "local"):
     """List the registered versions of pea-<lang> with their aliases, gate decisions and primary metrics."""
+    from pea.languages import get_language
+    from pea.names import model_name
+
+    name, prof = model_name(get_language(lang).code), _profile(profile, interactive=True)
+    exists = _registry_exists(prof)  # checks the server before torch is imported
     from rich.console import Console
     from rich.table import Table
 
-    from pea.languages import get_language
-    from pea.names import model_name
     from pea.registry import list_versions
 
-    prof = _profile(profile)
-    name = model_name(get_language(lang).code)
-    rows = list_versions(prof.mlflow_tracking_uri, lang) if _registry_exists(prof) else []
+    rows = list_versions(prof.mlflow_tracking_uri, lang) if exists else []
     if not rows:
         typer.echo(f"{name}: no registered versions in {redact(prof.mlflow_tracking_uri)}")
         return
@@ -446,7 +483,7 @@ def dashboard(
     from pea.languages import registry
     from pea.leaderboard import write_leaderboard
 
-    prof = _profile(profile)
+    prof = _profile(profile, interactive=True)
     langs = list(registry()) if _registry_exists(prof) else []
     path = write_leaderboard(prof.mlflow_tracking_uri, langs, out or prof.data_dir / "leaderboard.html")
     typer.echo(f"wrote {path}")
@@ -486,4 +523,18 @@ def main() -> None:
         typer.echo(f"error: {e.problem}", err=True)
         if e.fix:
             typer.echo(f"  fix: {e.fix}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        # the safety net for a filesystem error no stage turned into a PeaError: the path and the OS's reason
+        # are what the user acts on, the traceback only with --debug
+        if _state["debug"]:
+            raise
+        where = " -> ".join(str(name) for name in (e.filename, e.filename2) if name is not None)
+        typer.echo(redact(f"error: {where}: {e.strerror}" if where and e.strerror else f"error: {e}"), err=True)
+        sys.exit(2)
+    except Exception as e:
+        # MLflow's errors (a server that fails mid-command) quote the request URI, password included
+        if _state["debug"] or type(e).__module__.split(".")[0] != "mlflow":
+            raise
+        typer.echo(redact(f"error: MLflow: {e}".splitlines()[0]), err=True)
         sys.exit(2)

@@ -19,11 +19,12 @@ from typing import Annotated
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from pea.errors import PeaError
 from pea.kd_types import Conditioning
+from pea.storage import write_files
 
 WEIGHTS = "adapter.safetensors"
 CONFIG = "adapter.json"
@@ -83,16 +84,15 @@ class PEAAdapter(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save(self, folder: Path) -> Path:
-        """Write weights and config to `folder` atomically (temporary names, then rename)."""
+    def save(self, folder: Path, elsewhere: str = "save the adapter to another folder") -> Path:
+        """Write weights and config to `folder` atomically (temporary names, then renames). A write the disk
+        refuses is a PeaError naming the file, with `elsewhere` in its fix (the caller knows where else to go)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights_tmp, config_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{CONFIG}.tmp"
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, weights_tmp, metadata={"format": "pt"})
-        config_tmp.write_text(self.config.model_dump_json(indent=2))
-        weights_tmp.replace(folder / WEIGHTS)
-        config_tmp.replace(folder / CONFIG)
+        # serialized here and written by write_files: safetensors' own file writer reports a full disk as a
+        # SafetensorError, not the OSError that names the cause
+        write_files({str(folder / WEIGHTS): safetensors_bytes(state, metadata={"format": "pt"}),
+                     str(folder / CONFIG): self.config.model_dump_json(indent=2).encode()}, elsewhere)
         return folder
 
 

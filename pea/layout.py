@@ -40,3 +40,8 @@ def eval_dir(lang: str, run_name: str, *parts: str) -> tuple[str, ...]:
 def translation_cache(*parts: str) -> tuple[str, ...]:
     """Translations by digest of (model, direction, text), shared by every language."""
     return ("cache", "translation", *parts)
+
+
+def lock_dir(lang: str, *parts: str) -> tuple[str, ...]:
+    """The stages' locks (pea.locks): .locks/<stage>.json, a folder no user-given name can be (it starts with '.')."""
+    return (lang, ".locks", *parts)

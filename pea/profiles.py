@@ -5,7 +5,9 @@ by the entry point only and handed in as a mapping: nothing below the CLI or a f
 Override keys are `PEA_<FIELD>`, nested with `__`: PEA_STORAGE_ROOT=s3://b/p, PEA_RAY__NUM_WORKERS=4.
 """
 
+import base64
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -126,16 +128,22 @@ def load_profile(name_or_path: str = "local", env: Mapping[str, str] | None = No
 
 
 def check_mlflow(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail early, with the fix, when the tracking server cannot be reached."""
+    """Fail early, with the fix, when the tracking server cannot be reached: MLflow's own client retries for
+    minutes before it gives up, and then names no cause a user can act on."""
     fix = "start the server (`mlflow server --host 127.0.0.1`), or set mlflow_tracking_uri / PEA_MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
-                if resp.status == 200:
-                    return
+            with urllib.request.urlopen(_health_request(uri), timeout=timeout_s) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as e:  # it answered, with an error
+            status = e.code
         except (urllib.error.URLError, OSError) as e:
             raise PeaError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)})", fix) from e
-        raise PeaError(f"MLflow tracking server {uri} did not answer /health with 200", fix)
+        if status != 200:
+            raise PeaError(f"MLflow tracking server {uri} answered /health with HTTP {status}",
+                           "check that the URI is the MLflow server's, with the right user and password, and the "
+                           "server's log")
+        return
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
@@ -144,3 +152,14 @@ def check_mlflow(uri: str, timeout_s: float = 3.0) -> None:
             raise PeaError(f"cannot create {folder} for the MLflow SQLite database ({e})", fix) from e
         return
     raise PeaError(f"unsupported MLflow tracking URI {uri!r}", "use sqlite:///path/mlflow.db or http(s)://host:port")
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <uri>/health. urllib would take a URI's `user:password@` for part of the host name (and fail to look it
+    up); MLflow's client sends it as basic auth, and so does this."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    request = urllib.request.Request(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+    if parts.username is not None:
+        user = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+    return request

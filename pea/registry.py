@@ -20,6 +20,8 @@ from pea.tracking import client
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PYFUNC_NAME = "pea_adapter"
+# what MLflow answers for a model, version or alias that is not there (or a version that is no number)
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 @contextmanager
@@ -80,6 +82,10 @@ def resolve_adapter(uri: str, tracking_uri: str, cache: Path) -> Path:
             name, _, version = ref.partition("/")
             mlflow_client.get_model_version(name, version)
     except MlflowException as e:
+        if e.error_code not in _NOT_FOUND:  # the server failed or went away: the model may well exist
+            cause = str(e).split("\n", 1)[0]
+            raise PeaError(f"the registry at {tracking_uri} could not look up {uri} ({cause})",
+                           "check the server (`pea profile --check`), then run again") from e
         raise PeaError(f"{uri} does not exist in the registry at {tracking_uri}",
                        "see `pea models --lang <lang>` for the registered versions") from e
     return download_adapter(tracking_uri, name, version, cache / name / version)

@@ -1,7 +1,8 @@
 """The data stages as a user or a flow runs them: a profile, a language, typed options.
 
 Each function resolves models and paths from the profile and calls one pea.data function; the CLI and the
-Prefect tasks both call these, so the two never drift apart. On built-locally presets (tiny, toy) the data
+Prefect tasks both call these, so the two never drift apart. Each takes its stage's lock first (pea.locks), so
+two runs on one language never do a stage's work twice at once. On built-locally presets (tiny, toy) the data
 comes from the toy world itself (parallel samples with both captions, culture samples native only).
 """
 
@@ -13,6 +14,7 @@ from pea.data.translate import TranslateConfig
 from pea.errors import PeaError
 from pea.languages import Language
 from pea.layout import raw_dir
+from pea.locks import stage_lock
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.progress import Progress, quiet
@@ -54,16 +56,25 @@ def harvested_sources(profile: Profile, language: Language) -> list[str]:
     return [path.split("/")[-2] for path in found]
 
 
+def _harvest_lock(storage, language: Language, source: SourceSpec):
+    """Harvests of different sources write different folders: each source has its own lock."""
+    return stage_lock(storage, language.code, f"harvest-{source.name}")
+
+
 def harvest_stage(profile: Profile, language: Language, source: SourceSpec, cfg: HarvestConfig = HarvestConfig()) -> dict:
-    return harvest(profile.storage(), language.code, source, cfg)
+    storage = profile.storage()
+    with _harvest_lock(storage, language, source):
+        return harvest(storage, language.code, source, cfg)
 
 
 def ensure_harvested(profile: Profile, language: Language, source: SourceSpec) -> dict:
-    """A source's manifest: the one already there, or a fresh harvest's."""
+    """A source's manifest: the one already there, or a fresh harvest's. It is looked for under the harvest's
+    lock, so a run that waited for another run's harvest of the source finds that harvest instead of redoing it."""
     storage = profile.storage()
-    if storage.exists(*raw_dir(language.code), source.name, "manifest.json"):
-        return storage.read_json(*raw_dir(language.code), source.name, "manifest.json")
-    return harvest_stage(profile, language, source)
+    with _harvest_lock(storage, language, source):
+        if storage.exists(*raw_dir(language.code), source.name, "manifest.json"):
+            return storage.read_json(*raw_dir(language.code), source.name, "manifest.json")
+        return harvest(storage, language.code, source)
 
 
 def translate_stage(profile: Profile, language: Language, preset: Preset, cfg: TranslateConfig = TranslateConfig(),
@@ -77,7 +88,9 @@ def translate_stage(profile: Profile, language: Language, preset: Preset, cfg: T
         source = str(ensure_built(model_id, profile.model_cache)) if model_id in tiny_names() else model_id
         return Translator(source, cfg)
 
-    return translate(profile.storage(), language.code, language.translation.code, model_id, load, progress)
+    storage = profile.storage()
+    with stage_lock(storage, language.code, "translate", progress=progress):
+        return translate(storage, language.code, language.translation.code, model_id, load, progress)
 
 
 def bucket_stage(profile: Profile, language: Language, preset: Preset, cfg: BucketConfig | None = None,
@@ -85,7 +98,9 @@ def bucket_stage(profile: Profile, language: Language, preset: Preset, cfg: Buck
     from pea.data.shards import bucket
 
     cfg = cfg or bucket_config(language, preset)
-    return bucket(profile.storage(), language.code, cfg, progress)
+    storage = profile.storage()
+    with stage_lock(storage, language.code, "bucket", progress=progress):
+        return bucket(storage, language.code, cfg, progress)
 
 
 def cache_stage(profile: Profile, language: Language, preset: Preset, batch_size: int, progress: Progress = quiet) -> dict:
@@ -93,19 +108,23 @@ def cache_stage(profile: Profile, language: Language, preset: Preset, batch_size
     is at most what fits at the language's bucket side; on a CPU everything stays fp32 at `batch_size`."""
     import torch
 
-    from pea.data.cache import cache_features
+    from pea.data.cache import bucketed, cache_features
     from pea.features import FeatureExtractor
     from pea.models.encoders import load_text_encoder
     from pea.models.loading import load_frozen_pipeline
     from pea.models.precision import cache_batch_size, default_device
 
-    device = torch.device(default_device())
-    pipe = load_frozen_pipeline(preset, profile.model_cache, device, unet=None)  # features need no UNet
-    student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)
-    student.model.to(dtype=pipe.text_encoder.dtype)  # frozen like the teacher's encoders, in their dtype
-    if device.type == "cuda":
-        memory = torch.cuda.get_device_properties(device).total_memory
-        batch_size = min(batch_size, cache_batch_size(bucket_config(language, preset).side, pipe.vae.dtype, memory))
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    return cache_features(profile.storage(), language.code, preset.name, FeatureExtractor(pipe, student),
-                          batch_size=batch_size, dtype=dtype, progress=progress)
+    storage = profile.storage()
+    bucketed(storage, language.code)  # nothing to cache: said before ~30 s of model loading
+    # taken before the models load: a run that waits holds no GPU memory
+    with stage_lock(storage, language.code, f"cache-{preset.name}", progress=progress):
+        device = torch.device(default_device())
+        pipe = load_frozen_pipeline(preset, profile.model_cache, device, unet=None)  # features need no UNet
+        student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)
+        student.model.to(dtype=pipe.text_encoder.dtype)  # frozen like the teacher's encoders, in their dtype
+        if device.type == "cuda":
+            memory = torch.cuda.get_device_properties(device).total_memory
+            batch_size = min(batch_size, cache_batch_size(bucket_config(language, preset).side, pipe.vae.dtype, memory))
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        return cache_features(storage, language.code, preset.name, FeatureExtractor(pipe, student),
+                              batch_size=batch_size, dtype=dtype, progress=progress)

@@ -3,15 +3,72 @@
 Stages address files by parts relative to the root and write through `write_bytes`, which is atomic on
 both kinds (a temporary name then a rename locally; S3 objects appear whole by nature), so a killed stage
 never leaves a half-written file behind. Credentials come from boto3's usual chain and are never logged.
+
+A write the filesystem refuses (read-only, permission denied, disk full) is a `PeaError` naming the file and
+the OS's reason, with its temporary file removed: `write_files` and `write_error` do the same for the files
+pea writes outside the root (adapters, checkpoints, `pea generate --out`).
 """
 
+import errno
 import json
+import os
 import posixpath
+import shutil
 import uuid
+from contextlib import suppress
 
 import fsspec
 
 from pea.errors import PeaError
+
+ELSEWHERE = "set storage_root / PEA_STORAGE_ROOT to another place"
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_error(path: str, e: OSError, elsewhere: str, action: str = "write") -> PeaError:
+    """The one line for an OSError met writing `path`: the path, the OS's reason and the fix that reason calls
+    for, or `elsewhere` (a sentence saying how to write to another place)."""
+    reason = e.strerror or str(e)
+    folder = posixpath.dirname(path.rstrip("/")) or path
+    if e.errno in _FULL:
+        fix = f"free space on the disk holding {folder}, or {elsewhere}"
+    elif e.errno in _REFUSED:
+        fix = f"make {folder} writable, or {elsewhere}"
+    else:
+        fix = elsewhere
+    return PeaError(f"cannot {action} {path}: {reason[:1].lower()}{reason[1:]}", fix)
+
+
+def write_files(files: dict[str, bytes], elsewhere: str) -> None:
+    """Write local files atomically: each under a temporary name beside it, then all renamed into place, so that
+    readers find the old set or the new one, never half a file (and rarely a mix: the renames come last). On any
+    failure the temporary files are removed; an OSError becomes `write_error`'s PeaError."""
+    tmps = {}
+    try:
+        for path, data in files.items():
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmps[path] = _tmp_name(path)
+            with open(tmps[path], "wb") as f:
+                f.write(data)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e, elsewhere) from e
+    finally:
+        _discard(*tmps.values())
+
+
+def _tmp_name(path: str) -> str:
+    """A hidden name beside `path`, unique so that two writers never share one."""
+    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+
+
+def _discard(*paths: str) -> None:
+    """Remove what is left of temporary files; never hides the error that left them."""
+    for path in paths:
+        with suppress(OSError):
+            os.remove(path)
 
 
 class Storage:
@@ -50,8 +107,12 @@ class Storage:
         return sorted(p.removeprefix(prefix) for p in self.fs.glob(self.path(*parts)))
 
     def makedirs(self, *parts: str) -> None:
-        if self.is_local:
+        if not self.is_local:
+            return
+        try:
             self.fs.makedirs(self.path(*parts), exist_ok=True)
+        except OSError as e:
+            raise write_error(self.uri(*parts), e, ELSEWHERE, action="create folder") from e
 
     def open(self, *parts: str, mode: str = "rb"):
         return self.fs.open(self.path(*parts), mode)
@@ -63,24 +124,34 @@ class Storage:
             raise PeaError(f"{self.uri(*parts)} does not exist", "run the stage that writes it first") from e
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        target = self.path(*parts)
-        if not self.is_local:
-            self.fs.pipe_file(target, data)
+        if self.is_local:
+            write_files({self.path(*parts): data}, ELSEWHERE)
             return
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, target)
+        try:
+            self.fs.pipe_file(self.path(*parts), data)
+        except OSError as e:
+            raise write_error(self.uri(*parts), e, ELSEWHERE) from e
 
     def put_file(self, local_path: str, *parts: str) -> None:
         """Upload (or, locally, move into place) a finished file."""
         target = self.path(*parts)
-        if self.is_local:
-            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            self.fs.mv(local_path, target)
-        else:
-            self.fs.put_file(local_path, target)
+        try:
+            if self.is_local:
+                self._move_into_place(local_path, target)
+            else:
+                self.fs.put_file(local_path, target)
+        except OSError as e:
+            raise write_error(self.uri(*parts), e, ELSEWHERE) from e
+
+    def _move_into_place(self, local_path: str, target: str) -> None:
+        """A move across disks is a copy: made under a temporary name, so a full disk leaves no half of it."""
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        tmp = _tmp_name(target)
+        try:
+            shutil.move(local_path, tmp)
+            os.replace(tmp, target)
+        finally:
+            _discard(tmp)
 
     def read_json(self, *parts: str):
         return json.loads(self.read_bytes(*parts))

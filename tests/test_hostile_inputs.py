@@ -33,7 +33,12 @@ CLIMBS = ["../../x", "../../../x", "a/../../b", ".hidden", "a..b", "x" * 101]
 
 
 def _files(root: Path) -> set[Path]:
-    return set(root.rglob("*"))
+    """Everything under root but the stages' lock files (pea.locks), which stay once taken and are no output,
+    and the folders made only to hold them."""
+    paths = set(root.rglob("*"))
+    locks = {p for p in paths if ".locks" in p.parts}
+    holders = {folder for p in locks for folder in p.parents}
+    return {p for p in paths - locks if p not in holders or any(q not in locks | holders for q in p.rglob("*"))}
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -159,6 +164,15 @@ def test_a_profile_sent_to_prefect_keeps_no_password_but_runs_with_it(tmp_path):
     assert prof.mlflow_tracking_uri == "http://user:s3cret@host"
 
 
+def test_the_training_job_ray_keeps_and_shows_holds_no_tracking_uri():
+    """Ray shows a run's train_loop_config on its dashboard: the URI rides in the worker callable instead."""
+    from pea.train.config import TrainJob
+    from pea.train.loop import WorkerLoop
+
+    assert not [name for name in TrainJob.model_fields if "tracking" in name or "uri" in name]
+    assert SECRET not in repr(WorkerLoop(f"http://user:{SECRET}@host"))
+
+
 def test_the_leaderboard_page_shows_no_password(tmp_path):
     from pea.leaderboard import write_leaderboard
 
@@ -195,6 +209,30 @@ def test_a_tar_folder_entry_is_skipped(tmp_path):
     manifest = harvest(Storage(str(tmp_path / "root")), "ko", SourceSpec(name="w", kind="webdataset",
                                                                          uri=str(tmp_path / "s.tar")))
     assert manifest["counts"] == {"requested": 1, "success": 1}
+
+
+@pytest.mark.parametrize("stage, words", [("translate", ["no harvested data", "pea harvest"]),
+                                          ("bucket", ["no caption tables", "pea translate"]),
+                                          ("cache", ["no bucketed shards", "pea bucket"])])
+def test_a_stage_on_empty_storage_names_the_stage_to_run_first(stage, words, tmp_path, pea_cli):
+    result = pea_cli(stage, "--lang", "ko", "--preset", "tiny-sdxl", env=_env(tmp_path), cwd=tmp_path)
+    _one_line_error(result, words[0])
+    assert words[1] in result.err
+    assert not list((tmp_path / "pea" / "root").rglob("manifest.json"))  # no stage looks done
+
+
+def test_bucketing_that_keeps_nothing_says_why_and_leaves_no_manifest(tmp_path):
+    storage = Storage(str(tmp_path / "root"))
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "a.txt").write_text("빨간 원", encoding="utf-8")
+    (folder / "a.en.txt").write_text("a red circle", encoding="utf-8")
+    harvest(storage, "ko", SourceSpec(name="b", kind="folder", uri=str(folder)))
+    translate(storage, "ko", "kor_Hang", "none", lambda: None)
+    with pytest.raises(PeaError, match=r"bucketing kept no sample of 'ko' \(dropped: \{'broken': 1"):
+        bucket(storage, "ko", BucketConfig(side=32, step=16))
+    assert not storage.exists("ko", "shards", "manifest.json")
 
 
 @pytest.mark.parametrize("variable", ["PEA_NAME__X", "PEA_STORAGE_ROOT__DEEP__ER"])

@@ -26,7 +26,7 @@ def cache_features(
     dtype: torch.dtype = torch.float16,
     progress: Progress = quiet,
 ) -> dict:
-    shards_manifest = storage.read_json(*shards_dir(lang), "manifest.json")
+    shards_manifest = bucketed(storage, lang)
     out = features_dir(lang, preset)
     null = extractor.null()
     storage.write_bytes(save({
@@ -44,6 +44,13 @@ def cache_features(
                 "digest": hashlib.sha256("".join(s["sha256"] for s in written).encode()).hexdigest()}
     storage.write_json(manifest, *out, "manifest.json")
     return manifest
+
+
+def bucketed(storage: Storage, lang: str) -> dict:
+    """The bucket stage's manifest, or one line saying to run that stage (checked before any model loads)."""
+    if not storage.exists(*shards_dir(lang), "manifest.json"):
+        raise PeaError(f"no bucketed shards for {lang!r} under {storage.root}", f"run `pea bucket --lang {lang}` first")
+    return storage.read_json(*shards_dir(lang), "manifest.json")
 
 
 def _cache_shard(storage, lang, path, extractor, batch_size, dtype) -> bytes:

@@ -2,7 +2,8 @@
 
 Each raw shard is one unit of work: its output shards have names derived from it and a done marker is
 written last, so a re-run skips finished inputs and redoes an unfinished one under the same names (no
-duplicates). Broken, too large, tiny and uncaptioned samples are dropped and counted, never raised.
+duplicates). Broken, too large, tiny and uncaptioned samples are dropped and counted, never raised; so is the
+sample a cut-off raw shard lost (`truncated`, see pea.data.tars), the samples before it kept.
 """
 
 import hashlib
@@ -15,6 +16,7 @@ from PIL import Image
 
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
+from pea.errors import PeaError
 from pea.layout import captions_dir, raw_dir, shards_dir
 from pea.progress import Progress, quiet
 from pea.storage import Storage
@@ -35,7 +37,10 @@ def bucket(
 ) -> dict:
     buckets = make_buckets(cfg)
     todo = []  # (caption table, source, stem) of every input not done yet: the progress fraction counts these
-    for table_path in storage.glob(*captions_dir(lang, "*", "*.parquet")):
+    tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
+    if not tables:
+        raise PeaError(f"no caption tables for {lang!r} under {storage.root}", f"run `pea translate --lang {lang}` first")
+    for table_path in tables:
         source, stem = table_path.split("/")[-2], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
         if not storage.exists(*shards_dir(lang), "_done", f"{source}-{stem}.json"):
             todo.append((table_path, source, stem))
@@ -48,6 +53,9 @@ def bucket(
                  finished / len(todo))
         after_input(name)
     manifest = _manifest(storage, lang, cfg)
+    if not manifest["samples"]:  # no manifest then: the stage is not done, and the next one would train on nothing
+        raise PeaError(f"bucketing kept no sample of {lang!r} (dropped: {manifest['dropped']})",
+                       "check the harvested images and captions (`pea harvest` prints what it skipped)")
     storage.write_json(manifest, *shards_dir(lang), "manifest.json")
     return manifest
 
@@ -67,7 +75,7 @@ def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
 
     raw = raw_dir(lang, source, f"{stem}.tar")
     with storage.open(*raw) as f:
-        for sample in iter_samples(f, storage.uri(*raw)):
+        for sample in iter_samples(f, storage.uri(*raw), dropped):
             row = captions.get(sample["__key__"])
             if row is None or not row["native"]:
                 dropped["no_caption"] += 1

@@ -4,6 +4,8 @@ A parallel sample (both captions) is KD data; a culture sample (native only, or 
 WuKong) is SD-loss data (paper Sec. 3.4). Translations go through a transformers seq2seq model, batched, on
 the GPU when there is one, and are cached by a digest of (model, direction, text) under the storage root,
 so a re-run translates nothing twice. Output: <lang>/captions/<source>/<shard>.parquet, one per raw shard.
+A raw sample whose .json cannot be read (`bad_json`) or that a cut-off shard lost (`truncated`) gets no row; it is
+counted in its table's metadata, and the manifest's `dropped` sums those counts over every table.
 """
 
 import functools
@@ -17,7 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from pea.data.tars import iter_samples
+from pea.data.harvest import sample_meta
+from pea.data.tars import BadSample, count, iter_samples
+from pea.errors import PeaError
 from pea.layout import captions_dir, raw_dir, translation_cache
 from pea.progress import Progress, quiet
 from pea.storage import Storage
@@ -95,31 +99,44 @@ def translate(
     get_translator = functools.cache(load_translator)
     totals = {"translated": 0, "cached": 0, "copied": 0}
     todo = []  # (raw shard, its caption table) of every shard not done yet: the progress fraction counts these
-    for raw_manifest in storage.glob(*raw_dir(lang, "*", "manifest.json")):
+    raw_manifests = storage.glob(*raw_dir(lang, "*", "manifest.json"))
+    if not raw_manifests:
+        raise PeaError(f"no harvested data for {lang!r} under {storage.root}",
+                       f"run `pea harvest --lang {lang} ...` first (or give the flow `sources`)")
+    for raw_manifest in raw_manifests:
         source = raw_manifest.split("/")[-2]
         for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
             out = captions_dir(lang, source, shard.replace(".tar", ".parquet"))
             if not storage.exists(*out):
                 todo.append((raw_dir(lang, source, shard), out))
     for done, (raw, out) in enumerate(todo, 1):
-        rows = _read_captions(storage, raw)
+        rows, dropped = _read_captions(storage, raw)
         for key, n in _fill(rows, lang_code, cache, get_translator).items():
             totals[key] += n
         for r in rows:
             r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
-        table = pa.Table.from_pylist(
-            [{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows], schema=CAPTIONS)
+        table = pa.Table.from_pylist([{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows],
+                                     schema=CAPTIONS.with_metadata({"dropped": json.dumps(dropped)}))
         buf = io.BytesIO()
         pq.write_table(table, buf)
         storage.write_bytes(buf.getvalue(), *out)
         progress(f"translated {'/'.join(out)}", done / len(todo))
     tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
-    kinds = [k for t in tables for k in pq.read_table(io.BytesIO(storage.read_bytes(t)))["kind"].to_pylist()]
-    manifest = {"model": model_id, "tables": tables,
-                "counts": {"parallel": kinds.count("parallel"), "culture": kinds.count("culture")},
-                "this_run": totals}
+    counts, dropped = _table_counts(storage, tables)
+    manifest = {"model": model_id, "tables": tables, "counts": counts, "dropped": dropped, "this_run": totals}
     storage.write_json(manifest, *captions_dir(lang, "manifest.json"))
     return manifest
+
+
+def _table_counts(storage: Storage, tables: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Samples of each kind over every caption table, and the raw samples they dropped, by reason."""
+    kinds, dropped = [], {}
+    for path in tables:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+        kinds += table["kind"].to_pylist()
+        for reason, n in json.loads((table.schema.metadata or {}).get(b"dropped", b"{}")).items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    return {"parallel": kinds.count("parallel"), "culture": kinds.count("culture")}, dropped
 
 
 def _fill(rows: list[dict], lang_code: str, cache: TranslationCache, get_translator: Callable) -> dict[str, int]:
@@ -150,11 +167,16 @@ def _fill(rows: list[dict], lang_code: str, cache: TranslationCache, get_transla
     return {"translated": len(misses), "cached": len(texts) - len(misses)}
 
 
-def _read_captions(storage: Storage, parts: tuple[str, ...]) -> list[dict]:
-    rows = []
+def _read_captions(storage: Storage, parts: tuple[str, ...]) -> tuple[list[dict], dict[str, int]]:
+    """The caption rows of a raw shard, and the samples dropped from it, by reason."""
+    rows, dropped = [], {}
     with storage.open(*parts) as f:
-        for sample in iter_samples(f, storage.uri(*parts)):
-            meta = json.loads(sample.get("json", b"{}"))
+        for sample in iter_samples(f, storage.uri(*parts), dropped):
+            try:
+                meta = sample_meta(sample)
+            except BadSample as e:
+                count(dropped, e.reason)
+                continue
             rows.append({"key": sample["__key__"], "native": meta.get("native") or "",
                          "english": meta.get("english") or "", "culture": bool(meta.get("culture"))})
-    return rows
+    return rows, dropped

@@ -18,6 +18,7 @@ from pea.evaluate.config import EvalConfig, GateConfig
 from pea.evaluate.prompts import EvalPrompt
 from pea.languages import Language
 from pea.layout import adapter_dir, eval_dir
+from pea.locks import stage_lock
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.progress import Progress, quiet
@@ -129,7 +130,8 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     run = _train_run(profile, language, run_name)
     storage = profile.storage()
     cfg = cfg.for_preset(preset)
-    with tempfile.TemporaryDirectory() as tmp:
+    lock = stage_lock(storage, language.code, f"evaluate-{run_name}", progress=progress)  # one evaluation of a run at a time
+    with lock, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
         champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion")
@@ -164,9 +166,16 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
 
 def register_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
                    gate: GateConfig = GateConfig()) -> Registration:
+    """`_register` under the language's register lock (pea.locks): two runs' gates deciding at once would both
+    compare against the same champion, and the last to move the alias would win."""
+    run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
+    with stage_lock(profile.storage(), language.code, "register"):
+        return _register(profile, language, preset, run_name, gate)
+
+
+def _register(profile: Profile, language: Language, preset: Preset, run_name: str, gate: GateConfig) -> Registration:
     from pea.gate import Decision, decide
     from pea.registry import CHAMPION, apply_decision, register, version_by_alias
-    run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     storage = profile.storage()
     if not storage.exists(*eval_dir(language.code, run_name), "metrics.json"):
         raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")

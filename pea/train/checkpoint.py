@@ -2,18 +2,23 @@
 every rank's noise generator state, so that a resumed run continues exactly where the last checkpoint was
 taken (each rank draws its own noise; with synchronised gradients every rank's draws shape the adapter)."""
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from pea.adapter import PEAAdapter, load_adapter
 from pea.data.loader import Position
 from pea.errors import PeaError
+from pea.storage import write_files
 
 RUN_CONFIG = "run-config.json"  # what a job was started with: in every checkpoint, and once per run (pea.train.run)
+# pea.train.loop writes each checkpoint to a temporary folder, which Ray then copies to storage
+_ELSEWHERE = "set TMPDIR to a folder on a disk with room (checkpoints are written there before Ray stores them)"
 
 
 @dataclass
@@ -26,15 +31,18 @@ class TrainState:
 def save_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, state: TrainState,
                     generator_states: list[torch.Tensor], config: dict) -> Path:
     """`generator_states[r]` is rank r's noise generator state (a uint8 tensor); `config` is what the job was
-    started with (pea.train.run), kept with the weights it made."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_CONFIG).write_text(json.dumps(config, indent=1))
-    adapter.save(folder)
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, folder / "optimizer.pt")
-    save_file({f"generator.{rank}": g.cpu().contiguous() for rank, g in enumerate(generator_states)},
-              folder / "rng.safetensors")
-    (folder / "state.json").write_text(json.dumps(
-        {"step": state.step, "position": asdict(state.position), "samples": state.samples}))
+    started with (pea.train.run), kept with the weights it made. Everything is serialized in memory and written
+    by write_files: torch's and safetensors' own writers report a full disk as a bare RuntimeError or
+    SafetensorError, and leave half a file."""
+    adapter.save(folder, _ELSEWHERE)
+    opt = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, opt)
+    rng = {f"generator.{rank}": g.cpu().contiguous() for rank, g in enumerate(generator_states)}
+    state_json = {"step": state.step, "position": asdict(state.position), "samples": state.samples}
+    write_files({str(folder / RUN_CONFIG): json.dumps(config, indent=1).encode(),
+                 str(folder / "optimizer.pt"): opt.getvalue(),
+                 str(folder / "rng.safetensors"): safetensors_bytes(rng),
+                 str(folder / "state.json"): json.dumps(state_json).encode()}, _ELSEWHERE)
     return folder
 
 

@@ -80,5 +80,4 @@ class TrainJob(BaseModel):
     train: TrainConfig
     switches: TrainSwitches = TrainSwitches()
     config: dict  # what the job was started with (pea.train.run); stored in every checkpoint
-    mlflow_tracking_uri: str
-    mlflow_run_id: str
+    mlflow_run_id: str  # rank 0 logs into it; the tracking URI comes with the worker function (loop.WorkerLoop)

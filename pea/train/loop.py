@@ -161,7 +161,22 @@ def eta_seconds(cfg: TrainConfig, step: int, world: int, global_samples_per_s: f
     return remaining / max(global_samples_per_s, 1e-9)
 
 
-def train_loop_per_worker(config: dict) -> None:
+class WorkerLoop:
+    """What Ray Train runs on every worker: train_loop_per_worker, with the MLflow tracking URI kept out of the
+    job. Ray keeps a run's train_loop_config in its state API and shows it on its dashboard, and the URI may hold
+    a password; it travels only inside this (pickled) callable, whose repr hides it."""
+
+    def __init__(self, tracking_uri: str):
+        self._tracking_uri = tracking_uri
+
+    def __repr__(self) -> str:
+        return "WorkerLoop(tracking_uri='***')"
+
+    def __call__(self, config: dict) -> None:
+        train_loop_per_worker(config, self._tracking_uri)
+
+
+def train_loop_per_worker(config: dict, tracking_uri: str) -> None:
     job = TrainJob.model_validate(config["job"])
     cfg, kd = job.train, job.train.kd_config()
     ctx = ray.train.get_context()
@@ -179,6 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
         raise ValueError(f"rank {rank} gets no full batch of {cfg.batch_size}: lower batch_size or add data")
     bar = _progress(job, rank, state.step)
     gauges = TrainGauges(job.lang, job.run_name) if rank == 0 else None
+    mlflow = tracking.client(tracking_uri) if rank == 0 else None  # rank 0 logs the run's metrics
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     window, micro, position = LogWindow(), 0, state.position
     while state.step < cfg.steps:
@@ -206,7 +222,7 @@ def train_loop_per_worker(config: dict) -> None:
                 raise RuntimeError(f"chaos drill: rank 0 dies at step {state.step}")
             finished = state.step >= cfg.steps
             if state.step % cfg.log_every == 0 or finished:
-                _log_window(job, window, schedule, state, device, rank, world, gauges)
+                _log_window(job, window, schedule, state, device, world, gauges, mlflow)
                 window = LogWindow()
             if state.step % cfg.checkpoint_every == 0 or finished:
                 check_replicas_agree(adapter, device)
@@ -239,13 +255,14 @@ def _trainable(job: TrainJob, device, rank: int):
     return adapter, optimizer, schedule, generator, state, resumed
 
 
-def _log_window(job, window: LogWindow, schedule, state: TrainState, device, rank: int, world: int, gauges) -> None:
+def _log_window(job, window: LogWindow, schedule, state: TrainState, device, world: int, gauges, mlflow) -> None:
+    """The window's metrics to MLflow and the gauges: rank 0 holds both, the other ranks log nothing."""
     metrics = window.metrics() | {"lr": schedule.get_last_lr()[0], "step": state.step, "samples": state.samples}
     if device.type == "cuda":
         metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if rank != 0:
+    if mlflow is None:
         return
-    _log_metrics(job, metrics, state.step)
+    _log_metrics(mlflow, job.mlflow_run_id, metrics, state.step)
     gauges.observe(metrics, device)
     if job.switches.progress == "log":
         eta = eta_seconds(job.train, state.step, world, metrics["samples_per_s"])
@@ -263,12 +280,11 @@ def _progress(job: TrainJob, rank, start):
     return bar
 
 
-def _log_metrics(job: TrainJob, metrics: dict, step: int) -> None:
+def _log_metrics(mlflow, run_id: str, metrics: dict, step: int) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    tracking.client(job.mlflow_tracking_uri).log_batch(
-        job.mlflow_run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    mlflow.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def generator_states(generator: torch.Generator, device) -> list[torch.Tensor]:

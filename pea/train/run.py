@@ -15,6 +15,7 @@ from pea.adapter import AdapterConfig
 from pea.errors import PeaError
 from pea.languages import Language
 from pea.layout import adapter_dir, features_dir, shards_dir, train_dir
+from pea.locks import stage_lock
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.train.checkpoint import RUN_CONFIG
@@ -104,13 +105,22 @@ def adapter_config(language: Language, preset: Preset, cfg: TrainConfig) -> Adap
 
 def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
                   switches: TrainSwitches = TrainSwitches(), override_config: bool = False) -> TrainResult:
+    """`_train_adapter` under its run's lock (pea.locks): a second submission of one run name waits for the
+    first instead of racing it on the same checkpoints and run config; other run names train side by side."""
+    run_name = cfg.run_name or names.run_name(language.code, preset.name)
+    with stage_lock(profile.storage(), language.code, f"train-{run_name}"):
+        return _train_adapter(profile, language, preset, cfg, switches, override_config)
+
+
+def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
+                   switches: TrainSwitches, override_config: bool) -> TrainResult:
     """Train `language`'s adapter on `preset` with the profile's Ray workers; the same run name resumes its job,
     and only with the config it started with (unless `override_config`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pea.models.loading import encoder_source, pipeline_source
-    from pea.train.loop import train_loop_per_worker
+    from pea.train.loop import WorkerLoop
 
     cfg = cfg.for_preset(preset)
     spec = preset.student_for(language)
@@ -130,13 +140,13 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     job = TrainJob(lang=language.code, run_name=run_name, preset=preset.name, model_cache=str(profile.model_cache),
                    storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
                    cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg, switches=switches,
-                   config=identity, mlflow_tracking_uri=profile.mlflow_tracking_uri, mlflow_run_id=run_id)
+                   config=identity, mlflow_run_id=run_id)
     storage = profile.storage()
     storage_path = storage.uri(*train_dir(language.code))
     storage.makedirs(*train_dir(language.code))
     _init_ray(profile)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        WorkerLoop(profile.mlflow_tracking_uri),
         train_loop_config={"job": job.model_dump(mode="json")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=profile.ray.num_workers, use_gpu=profile.ray.use_gpu,
