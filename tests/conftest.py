@@ -1,15 +1,27 @@
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from unittest import mock
 
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory):
     """One cache of tiny built models for the whole session (building them takes a few seconds)."""
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """One red 64x64 PNG with its Korean caption: the smallest folder source."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "a.png")
+    (folder / "a.txt").write_text("빨간 원", encoding="utf-8")
+    return folder
 
 
 @dataclass

@@ -23,11 +23,18 @@ def serve_files(files: dict[str, bytes]):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free 127.0.0.1 port with `handler`; yields the port, stops it after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()

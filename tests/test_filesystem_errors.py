@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 
 from pea import generate
 from pea.adapter import AdapterConfig, PEAAdapter
@@ -155,15 +154,6 @@ def _one_line_error(result, *words: str) -> list[str]:
 
 def _refused(line: str) -> bool:
     return "read-only file system" in line or "permission denied" in line
-
-
-@pytest.fixture
-def image_folder(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    Image.new("RGB", (64, 64), "red").save(folder / "a.png")
-    (folder / "a.txt").write_text("빨간 원", encoding="utf-8")
-    return folder
 
 
 # the storage root

@@ -58,15 +58,6 @@ def _one_line_error(result, *words: str) -> None:
         assert word in lines[0], result.err
 
 
-@pytest.fixture
-def image_folder(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    Image.new("RGB", (64, 64), "red").save(folder / "a.png")
-    (folder / "a.txt").write_text("빨간 원", encoding="utf-8")
-    return folder
-
-
 # 1. names that become path segments
 
 

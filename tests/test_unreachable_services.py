@@ -7,15 +7,16 @@ waits on give up on a failing server within seconds, not MLflow's minutes."""
 import base64
 import os
 import socket
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from unittest import mock
 
 import mlflow.environment_variables
 import pytest
+
+from servers import serving
 
 from flows.cli import _MLFLOW_SHORT_RETRIES, _library_env
 
@@ -92,15 +93,8 @@ def _failing_mlflow():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://u:{SECRET}@127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as port:
+        yield f"http://u:{SECRET}@127.0.0.1:{port}", seen
 
 
 def test_the_health_check_sends_the_uris_user_and_password_as_basic_auth(tmp_path, pea_cli):
