@@ -11,6 +11,8 @@ import errno
 import io
 import os
 import subprocess
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +22,8 @@ import torch
 
 from pea import generate
 from pea.adapter import AdapterConfig, PEAAdapter
+from pea.data.harvest import harvest
+from pea.data.sources import SourceSpec
 from pea.errors import PeaError
 from pea.languages import get_language
 from pea.presets import get_preset
@@ -272,3 +276,22 @@ def test_an_oserror_no_stage_caught_is_one_line_without_its_password(monkeypatch
     assert SECRET not in result.err
     with pytest.raises(PermissionError):  # --debug: the traceback
         pea_cli("--debug", *args, env=_env(tmp_path, tmp_path / "root"), cwd=tmp_path)
+
+
+def test_a_harvest_whose_staging_disk_fills_names_the_file_and_tmpdir(full_disk, tmp_path, monkeypatch):
+    """Imports stream each shard into a local temporary file (TMPDIR) before it is put under the root."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(4):
+            data = os.urandom(ROOM // 2)  # the shard outgrows the 64 KiB disk
+            info = tarfile.TarInfo(f"{i:04d}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "s.tar").write_bytes(buf.getvalue())
+    monkeypatch.setattr(tempfile, "tempdir", str(full_disk))
+    storage = Storage(str(tmp_path / "root"))
+    with pytest.raises(PeaError) as caught:
+        harvest(storage, "ko", SourceSpec(name="w", kind="webdataset", uri=str(tmp_path / "s.tar")))
+    assert str(full_disk) in caught.value.problem and "no space left on device" in caught.value.problem
+    assert "TMPDIR" in caught.value.fix
+    assert not list(full_disk.rglob("*")) and not storage.exists("ko", "raw", "w", "manifest.json")

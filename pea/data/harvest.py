@@ -17,6 +17,7 @@ Bad external data is handled at the smallest unit that holds it:
 """
 
 import contextlib
+import errno
 import io
 import itertools
 import json
@@ -33,7 +34,7 @@ from pea.data.sources import SourceSpec, read_metadata
 from pea.data.tars import IMAGE_EXTS, MAX_MEMBER_BYTES, BadSample, count, iter_samples, write_samples
 from pea.errors import PeaError
 from pea.layout import raw_dir
-from pea.storage import Storage
+from pea.storage import Storage, write_error
 
 KEPT_COLUMNS = ["native", "english", "culture"]  # img2dataset records width and height itself
 
@@ -152,14 +153,21 @@ def _write_shard(storage: Storage, parts: tuple[str, ...], samples: Iterator[dic
 def _staged_file(storage: Storage, *parts: str):
     """A temporary local file to write into, put at `parts` only once the block ends without an error: the shard
     appears whole (Storage.put_file moves or uploads it, and names the target if that fails), a failed one nowhere."""
-    fd, tmp = tempfile.mkstemp(prefix="pea-shard-", suffix=".tar")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix="pea-shard-", suffix=".tar")
         with os.fdopen(fd, "wb") as f:
             yield f
         storage.put_file(tmp, *parts)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk under the staging file; others are the input's
+            raise
+        where = tmp or tempfile.gettempdir()
+        raise write_error(where, e, f"set TMPDIR to a folder with room for {'/'.join(parts)}") from e
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
 
 def _folder_inputs(source: SourceSpec, cfg: HarvestConfig, dropped: dict) -> list[tuple[str, Iterator[dict]]]:
