@@ -10,6 +10,7 @@ from pea import tracking
 from pea.errors import redact
 from pea.names import model_name
 from pea.registry import CHALLENGER, CHAMPION
+from pea.storage import write_files
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:6px 0}
 td,th{border:1px solid #ddd;padding:4px 8px}th{background:#f4f4f4}.none{color:#888}img{max-width:640px;margin:4px}
@@ -64,8 +65,5 @@ def write_leaderboard(tracking_uri: str, langs: list[str], out: Path) -> Path:
     body = "".join(_section(tracking_uri, lang) for lang in langs)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>pea leaderboard</title><style>{STYLE}</style>"
             f"</head><body><h1>pea leaderboard</h1><p>From {html.escape(redact(tracking_uri))}</p>{body}</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_files({str(out): page.encode()}, "give `pea dashboard` another --out")
     return out
