@@ -1,6 +1,8 @@
+import hashlib
 import io
 import json
 import tarfile
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +19,7 @@ from pea.data.loader import BucketBatchLoader
 from pea.data.records import features_batch, image_batch
 from pea.data.shards import bucket
 from pea.data.sources import SourceSpec
-from pea.data.tars import iter_samples
+from pea.data.tars import iter_samples, write_shard
 from pea.data.translate import Translator, translate
 from pea.errors import PeaError
 from pea.features import FeatureExtractor
@@ -262,17 +264,29 @@ def _check_loader(storage, features, extractor):
     assert null.teacher_context.abs().sum() > 0 and null.student_mask.sum() > 0
 
 
-def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl):
+def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl, monkeypatch):
     storage = Storage(str(tmp_path / "root"))
-    cached = Recorder()
+    cached, read = Recorder(), []
+    read_bytes = Storage.read_bytes
+    monkeypatch.setattr(Storage, "read_bytes", lambda self, *parts: read.append(parts) or read_bytes(self, *parts))
     shards, features = _chain(storage, tmp_path, tiny_sdxl, progress=cached)
     assert features["source_digest"] == shards["digest"]
+    assert not [parts for parts in read if "features" in parts]  # hashed before the upload, never read back
+    for s in features["shards"]:
+        assert s["sha256"] == hashlib.sha256(read_bytes(storage, "ko", "features", "tiny-sdxl", *s["path"].split("/"))).hexdigest()
     n = len(features["shards"])
     assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(features["shards"], 1)]
     assert [s["path"] for s in features["shards"]] == [s["path"] for s in shards["shards"]]
     _check_loader(storage, features, tiny_sdxl)
     first = next(iter(BucketBatchLoader(storage, ("ko", "shards"), shards["shards"], 2, image_batch)()))[1]
     assert first["images"].shape[0] == 2 and first["images"].min() >= -1
+
+
+def test_a_shard_is_the_same_bytes_whenever_it_is_written(monkeypatch):
+    samples = [{"__key__": "0001", "txt": "빨간 원".encode(), "jpg": b"jpeg"}]
+    first = write_shard(samples)
+    monkeypatch.setattr(time, "time", lambda: 2e9)  # written again, years later
+    assert write_shard(samples) == first
 
 
 @pytest.fixture

@@ -34,16 +34,24 @@ def cache_features(
         "student_mask": null.student_mask.contiguous(),
     }), *out, "null.safetensors")
     todo = [s["path"] for s in shards_manifest["shards"] if not storage.exists(*out, *s["path"].split("/"))]
+    hashes = {}  # of the shards written now, taken before the upload (never read back)
     for done, path in enumerate(todo, 1):
-        storage.write_bytes(_cache_shard(storage, lang, path, extractor, batch_size, dtype), *out, *path.split("/"))
+        data = _cache_shard(storage, lang, path, extractor, batch_size, dtype)
+        hashes[path] = hashlib.sha256(data).hexdigest()
+        storage.write_bytes(data, *out, *path.split("/"))
         progress(f"cached {path}", done / len(todo))
-    written = [{**s, "sha256": hashlib.sha256(storage.read_bytes(*out, *s["path"].split("/"))).hexdigest()}
+    written = [{**s, "sha256": hashes.get(s["path"]) or _sha256(storage, *out, *s["path"].split("/"))}
                for s in shards_manifest["shards"]]
     manifest = {"preset": preset, "dtype": str(dtype).removeprefix("torch."), "shards": written,
                 "source_digest": shards_manifest["digest"],
                 "digest": hashlib.sha256("".join(s["sha256"] for s in written).encode()).hexdigest()}
     storage.write_json(manifest, *out, "manifest.json")
     return manifest
+
+
+def _sha256(storage: Storage, *parts: str) -> str:
+    """A shard an earlier, interrupted run wrote: read back once to hash it."""
+    return hashlib.sha256(storage.read_bytes(*parts)).hexdigest()
 
 
 def bucketed(storage: Storage, lang: str) -> dict:

@@ -124,7 +124,9 @@ def write_samples(samples: Iterable[dict], fileobj) -> int:
     """Write `samples` ({'__key__': ..., '<ext>': bytes}) into `fileobj` as a webdataset tar, one at a time;
     returns how many were written."""
     n = 0
-    with wds.TarWriter(fileobj) as writer:
+    # mtime 0, not the time of writing: the same samples give the same bytes, so a shard's sha256 (manifests,
+    # digests, cache keys) says what it holds, not when it was written
+    with wds.TarWriter(fileobj, mtime=0) as writer:
         for n, sample in enumerate(samples, 1):
             writer.write(sample)
     return n
