@@ -64,7 +64,9 @@ def main():
     with tempfile.TemporaryDirectory() as data_dir:
         profile = load_profile("local", env={}, cwd=Path(data_dir))
         profile.model_cache.parent.mkdir(parents=True)
-        profile.model_cache.symlink_to(Path(args.model_cache).resolve())  # the world is built once, kept here
+        kept = Path(args.model_cache).resolve()
+        kept.mkdir(parents=True, exist_ok=True)  # a first run from any folder: no dangling link
+        profile.model_cache.symlink_to(kept)  # the world is built once, kept here
         if args.ablation:
             rows = {m: measure(profile, args.lang, with_method(config, m), untrained=False).model_dump()
                     for m in ABLATIONS}

@@ -31,6 +31,7 @@ from pea.toy.world import (LANGS, MULTILINGUAL, SIZE, TOY_LANGS, caption, cultur
 
 log = logging.getLogger("pea.toy")
 TOKEN_WEIGHT = 10.0  # the multilingual student's token term (token_contrastive); measured in the README's toy section
+MULTILINGUAL_STEPS = 3  # x student_steps, for the student that reads six languages (measured in the README's toy section)
 STUDENT_TOKENS = 80  # bytes + EOS of the longest caption in any language (a Russian one: 78 bytes)
 LAYOUT = "sdxl"  # the real repo whose model_index.json and scheduler.json the teacher takes
 
@@ -180,7 +181,8 @@ def train_student(lang: str, cfg: ToyConfig):
     tower, proj = _ImageTower(64), nn.Linear(64, 64)
     params = [*model.parameters(), *tower.parameters(), *proj.parameters()]
     opt = torch.optim.AdamW(params, lr=2e-3)
-    for step in range(cfg.student_steps):
+    steps = cfg.student_steps * (MULTILINGUAL_STEPS if lang == MULTILINGUAL else 1)
+    for step in range(steps):
         idx = torch.randint(0, len(scenes), (cfg.batch,))
         states = model(input_ids=tok.input_ids[idx], attention_mask=tok.attention_mask[idx]).last_hidden_state
         mask = tok.attention_mask[idx].unsqueeze(-1).float()
@@ -197,8 +199,7 @@ def train_student(lang: str, cfg: ToyConfig):
         loss.backward()
         opt.step()
         if step % 50 == 0:
-            _report(f"{lang} student step {step}/{cfg.student_steps}, contrastive loss {loss.item():.3f}",
-                    step / cfg.student_steps)
+            _report(f"{lang} student step {step}/{steps}, contrastive loss {loss.item():.3f}", step / steps)
     return model.eval(), tokenizer
 
 
