@@ -13,7 +13,8 @@ from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.presets import get_preset
 from pea.progress import stage_line
-from pea.toy.build import ToyConfig, build_toy, digest, ensure_student, ensure_toy, load_judge, token_contrastive
+from pea.toy.build import (MULTILINGUAL_STEPS, ToyConfig, build_toy, digest, ensure_student, ensure_toy, load_judge,
+                           token_contrastive, train_student)
 from pea.toy.judge import to_tensor
 from pea.toy.world import general_scenes, render
 
@@ -87,3 +88,15 @@ def test_the_multilingual_token_term_asks_every_real_token_for_its_image():
     swapped = image.roll(1, 0).unsqueeze(1).repeat(1, 3, 1)
     low, high = token_contrastive(aligned, mask, image, target), token_contrastive(swapped, mask, image, target)
     assert low < 0.05 and high > 5
+
+
+@pytest.mark.parametrize("lang, steps", [("ko", 2), ("multilingual", 2 * MULTILINGUAL_STEPS)])
+def test_the_multilingual_student_trains_longer_than_a_one_language_one(lang, steps, monkeypatch):
+    """It reads six languages with the same model size: MULTILINGUAL_STEPS times the steps (README toy section)."""
+    seen = []
+    monkeypatch.setattr("pea.toy.build._report", lambda message, fraction: seen.append(message))
+    step = torch.optim.AdamW.step
+    taken = []
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: taken.append(1) or step(self, *a, **k))
+    train_student(lang, ToyConfig(images=32, batch=4, student_steps=2))
+    assert len(taken) == steps and f"student step 0/{steps}," in seen[0]
