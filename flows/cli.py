@@ -59,8 +59,8 @@ def _profile(name: str, interactive: bool = False):
 
 # MLflow's client retries a failed HTTP request for about 4 minutes (7 retries, backoff factor 2, 120 s timeout), to
 # outlast a server's restart or rate limit. The interactive commands, which a user waits on for a lookup or a
-# registration (generate, models, register, dashboard), give up sooner: each is quick to run again, and `register` is idempotent
-# per run. train, evaluate and train-language (the flow) keep MLflow's policy: their last MLflow writes come after
+# registration (generate, models, register, dashboard), give up sooner: each is quick to run again, and `register`
+# is idempotent per run. train, evaluate and train-language (the flow) keep MLflow's policy: their last MLflow writes come after
 # hours of work, which a blip of the server must not throw away, and a local Ray's workers (rank 0 logs the training
 # metrics) inherit this process's environment. A server that is down fails every one of them at once anyway: each
 # checks it before it starts (check_mlflow).
