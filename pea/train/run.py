@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pea import names, tracking
 from pea.adapter import AdapterConfig
+from pea.cluster import connect
 from pea.errors import PeaError
 from pea.languages import Language
 from pea.layout import adapter_dir, features_dir, shards_dir, train_dir
@@ -81,20 +82,6 @@ def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dic
     return run.info.run_id
 
 
-def _init_ray(profile: Profile) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if profile.ray.address:
-        ray.init(address=profile.ray.address, log_to_driver=True)
-    else:  # a local Ray: on loopback only, no dashboard
-        cpus = max(2, int(profile.ray.num_workers * profile.ray.cpus_per_worker))
-        # the dashboard process serves the state API that Ray Train polls; it listens on 127.0.0.1
-        ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-
-
 def adapter_config(language: Language, preset: Preset, cfg: TrainConfig) -> AdapterConfig:
     """The adapter a job trains: the student encoder's width in, the preset's context (and pooled) width out."""
     spec = preset.student_for(language)
@@ -144,7 +131,7 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
     storage = profile.storage()
     storage_path = storage.uri(*train_dir(language.code))
     storage.makedirs(*train_dir(language.code))
-    _init_ray(profile)
+    connect(profile)
     trainer = TorchTrainer(
         WorkerLoop(profile.mlflow_tracking_uri),
         train_loop_config={"job": job.model_dump(mode="json")},
