@@ -20,6 +20,7 @@ check memory python3 benchmarks/kd_step.py --preset sdxl --batch 2 --memory-batc
 check memory_checkpointed python3 benchmarks/kd_step.py --preset sdxl --batch 2 --memory-batches 4,8,16,32 --gradient-checkpointing
 check train python3 benchmarks/train.py --sdxl --no-cpu-scaling --sdxl-batch 4
 check cache_batch python3 benchmarks/cache_batch.py --preset sdxl --gpu-gb 40
+check stage_rates python3 benchmarks/stage_rates.py --preset sdxl
 check sd15 python3 benchmarks/kd_step.py --preset sd15 --batch 16 --reps 5 --warmup 2
 check sd15_checkpointed python3 benchmarks/kd_step.py --preset sd15 --batch 16 --gradient-checkpointing --reps 5 --warmup 2
 check sd15_memory python3 benchmarks/kd_step.py --preset sd15 --batch 2 --memory-batches 8,16,32,48

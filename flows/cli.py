@@ -350,17 +350,21 @@ def cache(
     lang: LangOpt,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per encoder batch (on a GPU at most what "
                                                    "fits; default: the run config's).")] = None,
+    text: Annotated[bool | None, typer.Option("--text/--no-text", help="Cache the text embeddings too (~6x the "
+                                              "bytes; default: the run config's, off: training encodes them).")] = None,
     profile: ProfileOpt = "local",
     preset: PresetOpt = None,
     config: ConfigOpt = None,
 ):
-    """Precompute VAE latents and text embeddings beside every sample."""
+    """Precompute every sample's VAE latent distribution (and, with --text, its text embeddings)."""
     from pea.languages import get_language
     from pea.stages import cache_stage
 
-    run = _run(config, preset, data__cache_batch=batch_size)
-    manifest = cache_stage(_profile(profile), get_language(lang), _preset(run), run.data.cache_batch, lines(typer.echo))
-    typer.echo(f"cached {len(manifest['shards'])} shards ({manifest['dtype']})")
+    run = _run(config, preset, data__cache_batch=batch_size, data__cache_text=text)
+    manifest = cache_stage(_profile(profile), get_language(lang), _preset(run), run.data.cache_batch,
+                           run.data.cache_text, lines(typer.echo))
+    typer.echo(f"cached {len(manifest['shards'])} shards ({manifest['dtype']}, "
+               f"{manifest['bytes_per_sample'] / 1000:.1f} KB a sample)")
 
 
 @app.command()
@@ -372,12 +376,18 @@ def train(
     method: Annotated[str | None, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = None,
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; the same name resumes that run.")] = None,
     override_config: Annotated[bool, typer.Option(help="Resume a run even though its config changed.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the run's Ray job instead (a profile with "
+                                       "ray.jobs_address, whose jobs outlive this command); the same run name "
+                                       "resumes it later.")] = False,
     profile: ProfileOpt = "local",
     preset: PresetOpt = None,
     config: ConfigOpt = None,
 ):
-    """Train the language's adapter on existing shards (Ray Train; workers and GPUs from the profile)."""
+    """Train the language's adapter on existing shards (Ray Train; workers and GPUs from the profile). With a Ray
+    Jobs API in the profile the training is a Ray job: Ctrl-C stops waiting for it, not the job, and the same
+    command attaches to it again."""
     from pea.languages import get_language
+    from pea.names import run_name as default_run_name
     from pea.profiles import check_mlflow
     from pea.train.config import TrainSwitches
     from pea.train.run import train_adapter
@@ -385,9 +395,17 @@ def train(
     run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr, train__method=method,
                train__run_name=run_name)
     language, prof = get_language(lang), _profile(profile)
+    if stop:
+        from pea.train.jobs import stop_training
+
+        name = run.train.run_name or default_run_name(language.code, run.preset)
+        stopped = stop_training(prof, language.code, name)
+        typer.echo(f"stopping training job {stopped}" if stopped else f"no training job of {name} is running")
+        return
     check_mlflow(prof.mlflow_tracking_uri)  # before the models are built and Ray starts
     switches = TrainSwitches(progress="bar" if sys.stderr.isatty() else "log")
-    result = train_adapter(prof, language, _preset(run), run.train, switches, override_config)
+    result = train_adapter(prof, language, _preset(run), run.train, switches, override_config,
+                           job_log=lambda line: typer.echo(line, err=True))
     typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
                f"MLflow run {result.mlflow_run_id}")
 

@@ -113,7 +113,7 @@ def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> 
     with stage("bucket"):
         shards = bucket_shards(prof, language, preset, captions)
     with stage("cache"):
-        features = cache_features(prof, language, preset, config.data.cache_batch, shards)
+        features = cache_features(prof, language, preset, config.data.cache_batch, config.data.cache_text, shards)
     train_cfg = config.train.model_copy(update={"run_name": config.train.run_name or run_name_for(language.code, preset.name)})
     with stage("train"):
         trained = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
 from pea.errors import PeaError, redact
 from pea.resources import resource_path
@@ -27,9 +27,19 @@ class _Strict(BaseModel):
 
 class RayProfile(_Strict):
     address: str | None = None  # None: start a local Ray; "auto" or ray://host:10001 for a cluster
+    # The head's Jobs API (its dashboard, http://head:8265). Set: training runs there as a Ray job that outlives
+    # the process that submitted it (pea.train.jobs). None or "": training runs in this process, on `address`.
+    jobs_address: str | None = None
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    data_workers: int = Field(1, ge=1)  # Ray Data's CPU actors for decoding and cropping (the cache: one per GPU)
+
+    @field_validator("jobs_address", mode="before")
+    @classmethod
+    def _unset(cls, value):
+        """PEA_RAY__JOBS_ADDRESS="" turns the Jobs API off (an environment variable cannot say None)."""
+        return value or None
 
 
 class S3Profile(_Strict):

@@ -32,6 +32,7 @@ class DataConfig(BaseModel):
     sources: tuple[SourceSpec, ...] | None = None
     toy_samples: int = Field(4000, gt=0)  # toy-world samples rendered as the default source
     cache_batch: int = Field(32, gt=0)  # samples per encoder batch in the cache stage (on a GPU, at most what fits)
+    cache_text: bool = False  # cache the text encoders' outputs too (~6x the bytes; pea.features says why not)
 
 
 class RunConfig(BaseModel):

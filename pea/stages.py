@@ -7,8 +7,14 @@ comes from the toy world itself (parallel samples with both captions, culture sa
 """
 
 
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from pea.cluster import connect
 from pea.data.buckets import BucketConfig
 from pea.data.harvest import HarvestConfig, harvest
+from pea.data.parallel import RayData
 from pea.data.sources import SourceSpec
 from pea.data.translate import TranslateConfig
 from pea.errors import PeaError
@@ -64,7 +70,7 @@ def _harvest_lock(storage, language: Language, source: SourceSpec):
 def harvest_stage(profile: Profile, language: Language, source: SourceSpec, cfg: HarvestConfig = HarvestConfig()) -> dict:
     storage = profile.storage()
     with _harvest_lock(storage, language, source):
-        return harvest(storage, language.code, source, cfg)
+        return harvest(storage, language.code, source, cfg, connect=functools.partial(connect, profile))
 
 
 def ensure_harvested(profile: Profile, language: Language, source: SourceSpec) -> dict:
@@ -79,52 +85,102 @@ def ensure_harvested(profile: Profile, language: Language, source: SourceSpec) -
 
 def translate_stage(profile: Profile, language: Language, preset: Preset, cfg: TranslateConfig = TranslateConfig(),
                     progress: Progress = quiet) -> dict:
-    from pea.data.translate import Translator, translate
-    from pea.models.tiny import ensure_built, tiny_names
+    """Caption tables on Ray Data's actors: one a GPU where the profile has GPUs (the model loads at the first
+    caption the translation cache lacks); the images are never read."""
+    from pea.data.translate import translate
 
     model_id = preset.translation_for(language)
-
-    def load():
-        source = str(ensure_built(model_id, profile.model_cache)) if model_id in tiny_names() else model_id
-        return Translator(source, cfg)
-
     storage = profile.storage()
+    gpus = 1 if profile.ray.use_gpu else 0
     with stage_lock(storage, language.code, "translate", progress=progress):
-        return translate(storage, language.code, language.translation.code, model_id, load, progress)
+        return translate(storage, language.code, language.translation.code, model_id,
+                         LoadTranslator(model_id, profile.model_cache, cfg), progress, data_workers(profile, gpus))
+
+
+@dataclass(frozen=True)
+class LoadTranslator:
+    """Loads the translation model where it is called (a Ray Data actor); a tiny one is built first."""
+
+    model_id: str
+    model_cache: Path
+    cfg: TranslateConfig
+
+    def __call__(self):
+        from pea.data.translate import Translator
+        from pea.models.tiny import ensure_built, tiny_names
+
+        tiny = self.model_id in tiny_names()
+        return Translator(str(ensure_built(self.model_id, self.model_cache)) if tiny else self.model_id, self.cfg)
 
 
 def bucket_stage(profile: Profile, language: Language, preset: Preset, cfg: BucketConfig | None = None,
                  progress: Progress = quiet) -> dict:
+    """Decode, crop and re-encode on the profile's Ray: one CPU actor per data worker."""
     from pea.data.shards import bucket
 
     cfg = cfg or bucket_config(language, preset)
     storage = profile.storage()
     with stage_lock(storage, language.code, "bucket", progress=progress):
-        return bucket(storage, language.code, cfg, progress)
+        return bucket(storage, language.code, cfg, progress, mapper=data_workers(profile))
 
 
-def cache_stage(profile: Profile, language: Language, preset: Preset, batch_size: int, progress: Progress = quiet) -> dict:
-    """On a GPU the frozen models run in half precision (the VAE as precision.vae_dtype says) and a batch
-    is at most what fits at the language's bucket side; on a CPU everything stays fp32 at `batch_size`."""
+def data_workers(profile: Profile, gpus: float = 0) -> RayData:
+    """Ray Data's actor pool on the profile's Ray: `data_workers` CPU actors, or one actor per training GPU."""
+    workers = profile.ray.num_workers if gpus else profile.ray.data_workers
+    return RayData(functools.partial(connect, profile), workers=workers, gpus=gpus)
+
+
+def cache_stage(profile: Profile, language: Language, preset: Preset, batch_size: int, text: bool = False,
+                progress: Progress = quiet) -> dict:
+    """The VAE (and, with `text`, the text encoders) on Ray Data's actors: one a GPU where the profile has
+    GPUs, in half precision; on CPUs in fp32."""
     import torch
 
     from pea.data.cache import bucketed, cache_features
-    from pea.features import FeatureExtractor
-    from pea.models.encoders import load_text_encoder
-    from pea.models.loading import load_frozen_pipeline
-    from pea.models.precision import cache_batch_size, default_device
 
     storage = profile.storage()
-    bucketed(storage, language.code)  # nothing to cache: said before ~30 s of model loading
+    bucketed(storage, language.code)  # nothing to cache: said before any model loads
+    gpus = 1 if profile.ray.use_gpu else 0
+    dtype = torch.float16 if gpus else torch.float32
+    load = FrozenEncoders(profile.model_cache, language, preset, text, batch_size)
     # taken before the models load: a run that waits holds no GPU memory
     with stage_lock(storage, language.code, f"cache-{preset.name}", progress=progress):
+        return cache_features(storage, language.code, preset.name, load, text, dtype, progress,
+                              mapper=data_workers(profile, gpus))
+
+
+@dataclass(frozen=True)
+class FrozenEncoders:
+    """Loads the cache stage's models where it is called (a Ray Data actor): the base model's VAE, and its text
+    encoders with the language's student encoder when `text` (frozen, in the teacher's dtype); never the UNet.
+    On a GPU the models run in half precision (the VAE as precision.vae_dtype says) and a batch is at most
+    what fits at the language's bucket side; on a CPU everything stays fp32 at `batch_size`."""
+
+    model_cache: Path
+    language: Language
+    preset: Preset
+    text: bool
+    batch_size: int
+
+    def __call__(self):
+        import torch
+
+        from pea.data.cache import Encoders
+        from pea.features import TextFeatures
+        from pea.models.encoders import load_text_encoder
+        from pea.models.loading import load_frozen_pipeline
+        from pea.models.precision import cache_batch_size, default_device
+
         device = torch.device(default_device())
-        pipe = load_frozen_pipeline(preset, profile.model_cache, device, unet=None)  # features need no UNet
-        student = load_text_encoder(preset.student_for(language), profile.model_cache).to(device)
-        student.model.to(dtype=pipe.text_encoder.dtype)  # frozen like the teacher's encoders, in their dtype
+        skipped = {"unet": None} | ({} if self.text else {"text_encoder": None} | (
+            {"text_encoder_2": None} if self.preset.family == "sdxl" else {}))
+        pipe = load_frozen_pipeline(self.preset, self.model_cache, device, **skipped)
+        batch = self.batch_size
         if device.type == "cuda":
             memory = torch.cuda.get_device_properties(device).total_memory
-            batch_size = min(batch_size, cache_batch_size(bucket_config(language, preset).side, pipe.vae.dtype, memory))
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-        return cache_features(storage, language.code, preset.name, FeatureExtractor(pipe, student),
-                              batch_size=batch_size, dtype=dtype, progress=progress)
+            batch = min(batch, cache_batch_size(bucket_config(self.language, self.preset).side, pipe.vae.dtype, memory))
+        if not self.text:
+            return Encoders(pipe.vae, batch_size=batch)
+        student = load_text_encoder(self.preset.student_for(self.language), self.model_cache).to(device)
+        student.model.to(dtype=pipe.text_encoder.dtype)  # frozen like the teacher's encoders, in their dtype
+        return Encoders(pipe.vae, TextFeatures(pipe, student), batch)

@@ -73,7 +73,9 @@ def _discard(*paths: str) -> None:
 
 class Storage:
     def __init__(self, root: str, endpoint_url: str | None = None):
-        options = {}
+        # other processes write beside this one (Ray Data's workers, another run): a cached listing would hide
+        # their files, so every glob and exists asks S3 itself
+        options = {"use_listings_cache": False} if root.startswith("s3://") else {}
         if root.startswith("s3://") and endpoint_url:
             options["client_kwargs"] = {"endpoint_url": endpoint_url}
             # img2dataset and webdataset open s3:// URIs themselves, without our options: give fsspec the
@@ -82,6 +84,11 @@ class Storage:
         self.fs, self.base = fsspec.core.url_to_fs(root, **options)
         self.protocol = "s3" if root.startswith("s3://") else "file"
         self.root = root.rstrip("/")
+        self.endpoint_url = endpoint_url
+
+    def __reduce__(self):
+        """Pickled as what made it (Ray Data's workers open their own filesystem), never as the fs object."""
+        return Storage, (self.root, self.endpoint_url)
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"

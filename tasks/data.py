@@ -80,5 +80,6 @@ def bucket_shards(profile: Profile, language: Language, preset: Preset, captions
 
 @cached_while_output_exists(lambda language, preset, **_: features_dir(language.code, preset.name, "manifest.json"))
 @task(name="cache", **CACHE)
-def cache_features(profile: Profile, language: Language, preset: Preset, batch_size: int, shards: dict) -> dict:
-    return stages.cache_stage(profile, language, preset, batch_size, progress=reporter())
+def cache_features(profile: Profile, language: Language, preset: Preset, batch_size: int, text: bool,
+                   shards: dict) -> dict:
+    return stages.cache_stage(profile, language, preset, batch_size, text, progress=reporter())

@@ -1,6 +1,9 @@
 """Training as a Prefect task: Ray Train does the work and its own retries (max_failures); the task is cached
-on the run name, config and feature manifest, so a finished job is not submitted twice. While the job runs,
-its progress (a log line and a progress artifact) follows the `step` metric that rank 0 logs to MLflow."""
+on the run name, config and feature manifest, so a finished job is not submitted twice. On a profile with a Ray
+Jobs API the job runs on the cluster without the task: a worker that restarts, or a flow run that is cancelled,
+leaves it training, and a retry of the flow run (same run name) attaches to it (pea.train.jobs); its log goes
+to the task's log. While the job runs, its progress (a log line and a progress artifact) follows the `step`
+metric that rank 0 logs to MLflow."""
 
 import contextvars
 import logging
@@ -8,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from pea import names
@@ -66,7 +69,7 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     run_name = cfg.run_name or names.run_name(language.code, preset.name)
     progress = reporter(f"training {run_name}")
     with training_progress(profile, language.code, run_name, cfg.steps, progress):
-        result = train(profile, language, preset, cfg, switches)
+        result = train(profile, language, preset, cfg, switches, job_log=get_run_logger().info)
     progress(f"step {result.steps}/{cfg.steps}", 1.0)
     create_markdown_artifact(
         key=f"{names.model_name(language.code)}-training", description="the training job",

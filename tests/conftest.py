@@ -1,5 +1,7 @@
 import os
 import sys
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as pea.cluster sets it, before any test imports Ray
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -52,3 +54,12 @@ def pea_cli(monkeypatch, capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_running():
+    """A stage run in a test starts a local Ray (pea.cluster.connect) in this process: it is stopped with the
+    module that started it, as every server a test starts is."""
+    yield
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()

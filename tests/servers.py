@@ -6,11 +6,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 @contextmanager
-def serve_files(files: dict[str, bytes]):
-    """An HTTP server on 127.0.0.1 serving `files` by path; anything else is a 404. Yields its base URL."""
+def serve_files(files: dict[str, bytes], asked: list[str] | None = None, down: set[str] | None = None):
+    """An HTTP server on 127.0.0.1 serving `files` by path; anything else is a 404. Yields its base URL. Each path
+    asked for is appended to `asked`; the paths in `down` (a set the caller may change meanwhile) get a 503."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if asked is not None:
+                asked.append(self.path)  # list.append is atomic: the server's threads may share it
+            if down and self.path in down:
+                self.send_error(503)
+                return
             body = files.get(self.path)
             if body is None:
                 self.send_error(404)

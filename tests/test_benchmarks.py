@@ -29,7 +29,7 @@ def test_kd_step_benchmark_reports_every_number(tmp_path, model_cache):
 def test_data_benchmark_reports_every_number(tmp_path, model_cache):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "data.py"), "--images", "12", "--loader-images", "48",
-         "--batch", "4", "--model-cache", str(model_cache)],
+         "--batch", "4", "--model-cache", str(model_cache), "--pipeline-images", "32", "--bomb-side", "3000"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -38,3 +38,8 @@ def test_data_benchmark_reports_every_number(tmp_path, model_cache):
                 "kd_step_batches_per_s"):
         assert result[key] > 0
     assert result["bucket_vs_floor"] > 0 and result["loader_headroom"] > 0
+    assert result["pipeline_images_per_s_1w"] > 0 and result["pipeline_images_per_s_2w"] > 0
+    assert result["ray_scaling_efficiency"] > 0
+    # SDXL's latent shape at 512 px in fp16: mean and std (2 x 32768 bytes), the JSON and tar's headers
+    assert 65536 < result["cache_bytes_per_sample_512"] <= 70000
+    assert 0 < result["harvest_peak_mb"] < 1500

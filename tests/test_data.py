@@ -3,6 +3,7 @@ import io
 import json
 import tarfile
 import time
+import urllib.request
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,7 @@ from PIL import Image
 
 from data_helpers import image_bytes, make_folder
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
-from pea.data.cache import cache_features, load_null
+from pea.data.cache import Encoders, cache_features, load_null
 from pea.layout import features_dir
 from pea.data.harvest import HarvestConfig, harvest
 from pea.data.loader import BucketBatchLoader
@@ -22,7 +23,7 @@ from pea.data.sources import SourceSpec
 from pea.data.tars import iter_samples, write_shard
 from pea.data.translate import Translator, translate
 from pea.errors import PeaError
-from pea.features import FeatureExtractor
+from pea.features import TextFeatures
 from pea.languages import get_language
 from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
@@ -62,7 +63,7 @@ def test_cover_and_crop_fills_the_bucket_and_reports_the_offset():
     assert top == 0 and left == (384 - 128) // 2
 
 
-def test_img2dataset_harvest_on_loopback_counts_the_bad_images(tmp_path):
+def test_img2dataset_harvest_on_loopback_counts_the_bad_images(tmp_path, monkeypatch):
     files = {f"/ok{i}.jpg": image_bytes(200 + 10 * i, 160, (i * 40, 0, 0)) for i in range(4)}
     files["/corrupt.jpg"] = b"\xff\xd8\xff\xe0" + b"garbage" * 100
     files["/huge.png"] = image_bytes(5000, 5000, (0, 0, 0), "PNG")
@@ -84,6 +85,13 @@ def test_img2dataset_harvest_on_loopback_counts_the_bad_images(tmp_path):
     samples = list(iter_samples(storage.open("ko", "raw", "laion", "00000.tar"), "t"))
     assert len(samples) == 4
     assert {json.loads(s["json"])["native"] for s in samples} == {f"빨간 원 {i}" for i in range(4)}
+    opened = []
+    monkeypatch.setattr(Storage, "open", lambda self, *parts: opened.append(parts))
+    translate(storage, "ko", "kor_Hang", "none", lambda: None)
+    assert not opened  # the captions come from img2dataset's table of the shard, never from the images' tar
+    table = pq.read_table(storage.path("ko", "captions", "laion", "00000.parquet")).to_pylist()
+    assert sorted((r["key"], r["native"]) for r in table) == sorted(
+        (s["__key__"], json.loads(s["json"])["native"]) for s in samples)
 
 
 def test_a_metadata_parquet_without_a_column_names_it(tmp_path):
@@ -234,16 +242,17 @@ def tiny_sdxl(model_cache):
     preset = get_preset("tiny-sdxl")
     pipe = load_pipeline(preset, model_cache)
     student = load_text_encoder(preset.student_for(get_language("ko")), model_cache)
-    return FeatureExtractor(pipe, student)
+    return Encoders(pipe.vae, TextFeatures(pipe, student), batch_size=5)
 
 
-def _chain(storage, tmp_path, extractor, n=16, progress=quiet):
+def _chain(storage, tmp_path, encoders, n=16, progress=quiet):
     _prepare(storage, make_folder(tmp_path / "imgs", n=n, english_only_every=4))
     shards = bucket(storage, "ko", SMALL)
-    return shards, cache_features(storage, "ko", "tiny-sdxl", extractor, batch_size=5, progress=progress)
+    return shards, cache_features(storage, "ko", "tiny-sdxl", lambda: encoders, text=encoders.text is not None,
+                                  progress=progress)
 
 
-def _check_loader(storage, features, extractor):
+def _check_loader(storage, features):
     make = lambda rank=0, world=1: BucketBatchLoader(  # noqa: E731
         storage, features_dir("ko", "tiny-sdxl"), features["shards"], batch_size=2,
         collate=features_batch, rank=rank, world_size=world, seed=7, shuffle_buffer=3)
@@ -251,7 +260,8 @@ def _check_loader(storage, features, extractor):
     assert len(full) == make().batches_per_epoch() > 0
     for _, batch in full:
         assert len({tuple(t.tolist()[4:]) for t in batch.time_ids}) == 1  # one bucket per batch
-        assert batch.latents.dtype == torch.float32 and batch.teacher_context.shape[-1] == 64
+        assert batch.latents.mean.dtype == batch.latents.std.dtype == torch.float32
+        assert batch.text is None and len(batch.native) == 2  # captions, encoded in training
     assert [b.keys for _, b in make()()] == [b.keys for _, b in full]  # deterministic
     resumed = list(make()(full[1][0]))
     assert [b.keys for _, b in resumed] == [b.keys for _, b in full[2:]]
@@ -259,9 +269,6 @@ def _check_loader(storage, features, extractor):
     assert len(ranks[0]) == len(ranks[1])
     seen = [k for r in ranks for _, b in r for k in b.keys]
     assert len(seen) == len(set(seen))
-    null = load_null(storage, "ko", "tiny-sdxl")
-    # the encoded empty prompt, never SDXL's inference-time zeros (the KD step's CFG dropout needs a gradient)
-    assert null.teacher_context.abs().sum() > 0 and null.student_mask.sum() > 0
 
 
 def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl, monkeypatch):
@@ -269,17 +276,53 @@ def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl, monkeypatch):
     cached, read = Recorder(), []
     read_bytes = Storage.read_bytes
     monkeypatch.setattr(Storage, "read_bytes", lambda self, *parts: read.append(parts) or read_bytes(self, *parts))
-    shards, features = _chain(storage, tmp_path, tiny_sdxl, progress=cached)
-    assert features["source_digest"] == shards["digest"]
+    shards, features = _chain(storage, tmp_path, Encoders(tiny_sdxl.vae, batch_size=5), progress=cached)
+    assert features["source_digest"] == shards["digest"] and features["text_embeddings"] is False
     assert not [parts for parts in read if "features" in parts]  # hashed before the upload, never read back
     for s in features["shards"]:
         assert s["sha256"] == hashlib.sha256(read_bytes(storage, "ko", "features", "tiny-sdxl", *s["path"].split("/"))).hexdigest()
     n = len(features["shards"])
     assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(features["shards"], 1)]
     assert [s["path"] for s in features["shards"]] == [s["path"] for s in shards["shards"]]
-    _check_loader(storage, features, tiny_sdxl)
+    _check_loader(storage, features)
     first = next(iter(BucketBatchLoader(storage, ("ko", "shards"), shards["shards"], 2, image_batch)()))[1]
     assert first["images"].shape[0] == 2 and first["images"].min() >= -1
+
+
+def test_the_text_embeddings_are_cached_only_when_asked_and_cost_most_of_the_bytes(tmp_path, tiny_sdxl):
+    without = _chain(Storage(str(tmp_path / "a")), tmp_path / "a", Encoders(tiny_sdxl.vae, batch_size=5), n=8)[1]
+    storage = Storage(str(tmp_path / "b"))
+    with_text = _chain(storage, tmp_path / "b", tiny_sdxl, n=8)[1]
+    assert with_text["text_embeddings"] is True
+    # tiny-sdxl: 4x8x8 latents (x2: mean and std) against 77x64 + 64 + 77x32 + 77 text values a sample
+    assert with_text["bytes_per_sample"] > 5 * without["bytes_per_sample"] > 0
+    loader = BucketBatchLoader(storage, features_dir("ko", "tiny-sdxl"), with_text["shards"], 2, features_batch)
+    batch = next(iter(loader()))[1]
+    assert batch.text["teacher_context"].shape[-1] == 64 and batch.text["teacher_pooled"].shape[0] == 2
+    null = load_null(storage, "ko", "tiny-sdxl")
+    # the encoded empty prompt, never SDXL's inference-time zeros (the KD step's CFG dropout needs a gradient)
+    assert null.teacher_context.abs().sum() > 0 and null.student_mask.sum() > 0
+
+
+def test_a_cached_latent_is_drawn_anew_from_its_distribution_at_every_visit(tmp_path, tiny_sdxl):
+    storage = Storage(str(tmp_path / "root"))
+    features = _chain(storage, tmp_path, Encoders(tiny_sdxl.vae, batch_size=5), n=4)[1]
+    loader = BucketBatchLoader(storage, features_dir("ko", "tiny-sdxl"), features["shards"], 2, features_batch)
+    dist = next(iter(loader()))[1].latents
+    assert (dist.std > 0).all()
+    gen = torch.Generator().manual_seed(0)
+    first, second = dist.sample(gen), dist.sample(gen)
+    assert not torch.equal(first, second)
+    assert torch.equal(dist.sample(torch.Generator().manual_seed(0)), first)  # the worker's generator decides
+
+
+def test_features_of_an_older_pea_are_refused_with_the_fix(tmp_path):
+    from safetensors.torch import save
+
+    old = [{"__key__": "k", "safetensors": save({"latents": torch.zeros(4, 2, 2)}), "json": b"{}"}]
+    with pytest.raises(PeaError, match="older pea") as e:
+        features_batch(old)
+    assert "pea cache" in e.value.fix
 
 
 def test_a_shard_is_the_same_bytes_whenever_it_is_written(monkeypatch):
@@ -307,7 +350,8 @@ def s3_root(monkeypatch):
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="pea-test")
     try:
         yield "s3://pea-test/root", endpoint
-    finally:
+    finally:  # moto keeps its buckets in this process across servers: the next test starts empty
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10)
         server.stop()
 
 
@@ -318,9 +362,9 @@ def test_the_whole_chain_on_an_s3_endpoint(tmp_path, tiny_sdxl, s3_root):
     root, endpoint = s3_root
     storage = Storage(root, endpoint_url=endpoint)
     try:
-        shards, features = _chain(storage, tmp_path, tiny_sdxl, n=12)
+        shards, features = _chain(storage, tmp_path, Encoders(tiny_sdxl.vae, batch_size=5), n=12)
         assert storage.exists("ko", "shards", "manifest.json")
         assert not (tmp_path / "root").exists()
-        _check_loader(storage, features, tiny_sdxl)
+        _check_loader(storage, features)
     finally:
         fsspec.config.conf.pop("s3", None)

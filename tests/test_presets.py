@@ -194,10 +194,11 @@ def test_the_cache_stage_on_a_cpu_keeps_fp32_features_and_the_given_batch(tmp_pa
     harvest_stage(profile, ko, SourceSpec(name="local", kind="folder", uri=str(make_folder(tmp_path / "imgs", n=6))))
     translate(profile.storage(), "ko", "kor_Hang", "none", lambda: None)
     bucket_stage(profile, ko, tiny)
-    batches = []
-    monkeypatch.setattr("pea.data.cache.cache_features", lambda *a, **kw: batches.append(kw) or {})
+    calls = []
+    monkeypatch.setattr("pea.data.cache.cache_features", lambda *a, **kw: calls.append(a) or {})
     cache_stage(profile, ko, tiny, batch_size=3)
-    assert batches[0]["batch_size"] == 3 and batches[0]["dtype"] == torch.float32
+    load, dtype = calls[0][3], calls[0][5]
+    assert load().batch_size == 3 and dtype == torch.float32
 
 
 def test_sdxl_at_1024px_trains_with_gradient_checkpointing_by_default_and_a_run_can_say_otherwise():

@@ -21,6 +21,16 @@ def test_cluster_profile_points_at_s3_a_server_and_gpus():
     assert prof.ray.use_gpu and prof.ray.address.startswith("ray://")
 
 
+def test_cluster_training_goes_through_the_heads_jobs_api(tmp_path):
+    """Training on the cluster is a Ray job on the head the Ray address names (its dashboard port): it outlives the
+    Prefect worker. A local profile trains in-process, and an empty variable turns the Jobs API off."""
+    prof = load_profile("cluster", env={})
+    head = prof.ray.address.removeprefix("ray://").rsplit(":", 1)[0]
+    assert prof.ray.jobs_address == f"http://{head}:8265"
+    assert load_profile("local", env={}, cwd=tmp_path).ray.jobs_address is None
+    assert load_profile("cluster", env={"PEA_RAY__JOBS_ADDRESS": ""}).ray.jobs_address is None
+
+
 def test_environment_overrides_nested_fields(tmp_path):
     env = {"PEA_STORAGE_ROOT": "s3://b/p", "PEA_RAY__NUM_WORKERS": "4", "HOME": "/x", "PEA_PROFILE": "local"}
     prof = load_profile("local", env=env, cwd=tmp_path)

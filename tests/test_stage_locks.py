@@ -30,6 +30,8 @@ from pea.layout import lock_dir
 from pea.locks import stage_lock
 from pea.presets import get_preset
 from pea.profiles import Profile
+from pea import stages
+from pea.data.parallel import in_process
 from pea.stages import bucket_stage
 from pea.storage import Storage
 
@@ -135,6 +137,7 @@ def test_two_bucket_runs_at_once_bucket_each_input_once(tmp_path, monkeypatch):
         return bucket_one(*args)
 
     monkeypatch.setattr(shards, "_bucket_one", slow_bucket_one)
+    monkeypatch.setattr(stages, "data_workers", lambda *a, **kw: in_process)  # units in this process, as patched
     start, said = Barrier(2), {0: [], 1: []}
 
     def run(i: int) -> dict:

@@ -143,7 +143,7 @@ def test_a_nan_sample_stops_the_run_naming_step_and_sample(dataset, tmp_path):
     original = storage.read_bytes(*prefix, *shard["path"].split("/"))
     samples = list(iter_samples(io.BytesIO(original), "t"))
     tensors = load_tensors(samples[0]["safetensors"])
-    tensors["latents"] = torch.full_like(tensors["latents"], float("nan"))
+    tensors["latent_mean"] = torch.full_like(tensors["latent_mean"], float("nan"))
     samples[0]["safetensors"] = save_tensors(tensors)
     storage.write_bytes(write_shard(samples), *prefix, *shard["path"].split("/"))
     try:

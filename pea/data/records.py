@@ -2,13 +2,15 @@
 
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load as load_tensors
 
-from pea.kd_types import KDBatch
+from pea.errors import PeaError
+from pea.features import TEXT_KEYS, LatentDistribution
 
 
 def time_ids(meta: dict) -> list[float]:
@@ -24,25 +26,40 @@ def decode_image(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def features_batch(samples: list[dict], dtype=torch.float32) -> KDBatch:
-    """Samples of a feature shard ({'__key__', 'safetensors', 'json'}) -> a KDBatch."""
+@dataclass
+class CachedFeatures:
+    """B samples of a feature shard: their latent distribution, captions and SDXL ids, and their text
+    embeddings (pea.features.TEXT_KEYS) where the cache stage stored them, else None (encoded in training)."""
+
+    latents: LatentDistribution
+    english: list[str]
+    native: list[str]
+    culture: torch.Tensor
+    time_ids: torch.Tensor
+    keys: list[str]
+    text: dict[str, torch.Tensor | None] | None
+
+
+def features_batch(samples: list[dict]) -> CachedFeatures:
+    """Samples of a feature shard ({'__key__', 'safetensors', 'json'}) -> CachedFeatures, in fp32."""
     tensors = [load_tensors(s["safetensors"]) for s in samples]
     metas = [json.loads(s["json"]) for s in samples]
+    if "latent_mean" not in tensors[0]:
+        raise PeaError(f"feature sample {samples[0]['__key__']} was cached by an older pea (one latent, no distribution)",
+                       "delete the language's features/<preset> folder and run `pea cache` again")
 
     def stack(name):
-        if name not in tensors[0]:
-            return None
-        return torch.stack([t[name] for t in tensors]).to(dtype)
+        return torch.stack([t[name] for t in tensors]).float() if name in tensors[0] else None
 
-    return KDBatch(
-        latents=stack("latents"),
-        teacher_context=stack("teacher_context"),
-        teacher_pooled=stack("teacher_pooled"),
-        student_states=stack("student_states"),
-        student_mask=torch.stack([t["student_mask"] for t in tensors]),
+    text = None
+    if "teacher_context" in tensors[0]:
+        text = {k: stack(k) for k in TEXT_KEYS} | {"student_mask": torch.stack([t["student_mask"] for t in tensors])}
+    return CachedFeatures(
+        latents=LatentDistribution(stack("latent_mean"), stack("latent_std")),
+        english=[m["english"] for m in metas], native=[m["native"] for m in metas],
         culture=torch.tensor([m["kind"] == "culture" for m in metas]),
-        time_ids=stack("time_ids"),
-        keys=[s["__key__"] for s in samples],
+        time_ids=torch.tensor([time_ids(m) for m in metas], dtype=torch.float32),
+        keys=[s["__key__"] for s in samples], text=text,
     )
 
 

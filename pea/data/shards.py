@@ -6,15 +6,18 @@ duplicates). Broken, too large, tiny and uncaptioned samples are dropped and cou
 sample a cut-off raw shard lost (`truncated`, see pea.data.tars), the samples before it kept.
 """
 
+import functools
 import hashlib
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 from PIL import Image
 
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
+from pea.data.parallel import Mapper, in_process
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.errors import PeaError
 from pea.layout import captions_dir, raw_dir, shards_dir
@@ -34,30 +37,49 @@ def bucket(
     cfg: BucketConfig,
     progress: Progress = quiet,
     after_input: Callable[[str], None] = lambda name: None,
+    mapper: Mapper = in_process,
 ) -> dict:
-    buckets = make_buckets(cfg)
-    todo = []  # (caption table, source, stem) of every input not done yet: the progress fraction counts these
+    """Bucket every raw shard not done yet (one unit of work each, run by `mapper`: here or on Ray Data's
+    workers), then write the manifest of all of them."""
     tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
     if not tables:
         raise PeaError(f"no caption tables for {lang!r} under {storage.root}", f"run `pea translate --lang {lang}` first")
+    todo = []  # every input not done yet: the progress fraction counts these
     for table_path in tables:
         source, stem = table_path.split("/")[-2], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
         if not storage.exists(*shards_dir(lang), "_done", f"{source}-{stem}.json"):
-            todo.append((table_path, source, stem))
-    for finished, (table_path, source, stem) in enumerate(todo, 1):
-        name = f"{source}-{stem}"
-        captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(table_path))).to_pylist()}
-        done = _bucket_one(storage, lang, cfg, buckets, source, stem, captions)
-        storage.write_json(done, *shards_dir(lang), "_done", f"{name}.json")
-        progress(f"bucketed {source}/{stem}: {done['kept']} kept, {sum(done['dropped'].values())} dropped",
+            todo.append({"table": table_path, "source": source, "stem": stem})
+    for finished, done in enumerate(mapper(BucketUnit(storage, lang, cfg), todo), 1):
+        progress(f"bucketed {done['name']}: {done['kept']} kept, {sum(done['dropped'].values())} dropped",
                  finished / len(todo))
-        after_input(name)
+        after_input(done["name"])
     manifest = _manifest(storage, lang, cfg)
     if not manifest["samples"]:  # no manifest then: the stage is not done, and the next one would train on nothing
         raise PeaError(f"bucketing kept no sample of {lang!r} (dropped: {manifest['dropped']})",
                        "check the harvested images and captions (`pea harvest` prints what it skipped)")
     storage.write_json(manifest, *shards_dir(lang), "manifest.json")
     return manifest
+
+
+@dataclass(frozen=True)
+class BucketUnit:
+    """Makes the unit of work that buckets one raw shard (see pea.data.parallel)."""
+
+    storage: Storage
+    lang: str
+    cfg: BucketConfig
+
+    def __call__(self) -> Callable[[dict], dict]:
+        return functools.partial(_bucket_input, self.storage, self.lang, self.cfg, make_buckets(self.cfg))
+
+
+def _bucket_input(storage: Storage, lang: str, cfg: BucketConfig, buckets, item: dict) -> dict:
+    """One raw shard and its caption table -> its bucketed shards, then its done marker (written last)."""
+    source, stem = item["source"], item["stem"]
+    captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(item["table"]))).to_pylist()}
+    done = _bucket_one(storage, lang, cfg, buckets, source, stem, captions)
+    storage.write_json(done, *shards_dir(lang), "_done", f"{source}-{stem}.json")
+    return {**done, "name": f"{source}/{stem}"}
 
 
 def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:

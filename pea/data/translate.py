@@ -14,12 +14,14 @@ import io
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pea.data.harvest import sample_meta
+from pea.data.parallel import Mapper, in_process
 from pea.data.tars import BadSample, count, iter_samples
 from pea.errors import PeaError
 from pea.layout import captions_dir, raw_dir, translation_cache
@@ -93,12 +95,11 @@ def translate(
     model_id: str,
     load_translator: Callable[[], Callable[[list[str], str, str], list[str]]],
     progress: Progress = quiet,
+    mapper: Mapper = in_process,
 ) -> dict:
-    """Caption tables for every raw shard of `lang` not done yet; `load_translator` runs only on a cache miss."""
-    cache = TranslationCache(storage, model_id)
-    get_translator = functools.cache(load_translator)
-    totals = {"translated": 0, "cached": 0, "copied": 0}
-    todo = []  # (raw shard, its caption table) of every shard not done yet: the progress fraction counts these
+    """Caption tables for every raw shard of `lang` not done yet (one unit of work each, run by `mapper`: here
+    or on Ray Data's actors); `load_translator` runs only on a cache miss, once per worker."""
+    todo = []  # every raw shard not done yet: the progress fraction counts these
     raw_manifests = storage.glob(*raw_dir(lang, "*", "manifest.json"))
     if not raw_manifests:
         raise PeaError(f"no harvested data for {lang!r} under {storage.root}",
@@ -108,24 +109,48 @@ def translate(
         for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
             out = captions_dir(lang, source, shard.replace(".tar", ".parquet"))
             if not storage.exists(*out):
-                todo.append((raw_dir(lang, source, shard), out))
-    for done, (raw, out) in enumerate(todo, 1):
-        rows, dropped = _read_captions(storage, raw)
-        for key, n in _fill(rows, lang_code, cache, get_translator).items():
+                todo.append({"raw": list(raw_dir(lang, source, shard)), "out": list(out)})
+    totals = {"translated": 0, "cached": 0, "copied": 0}
+    unit = TranslateUnit(storage, lang_code, model_id, load_translator)
+    for done, result in enumerate(mapper(unit, todo), 1):
+        for key, n in result["counts"].items():
             totals[key] += n
-        for r in rows:
-            r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
-        table = pa.Table.from_pylist([{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows],
-                                     schema=CAPTIONS.with_metadata({"dropped": json.dumps(dropped)}))
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        storage.write_bytes(buf.getvalue(), *out)
-        progress(f"translated {'/'.join(out)}", done / len(todo))
+        progress(f"translated {result['out']}", done / len(todo))
     tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
     counts, dropped = _table_counts(storage, tables)
     manifest = {"model": model_id, "tables": tables, "counts": counts, "dropped": dropped, "this_run": totals}
     storage.write_json(manifest, *captions_dir(lang, "manifest.json"))
     return manifest
+
+
+@dataclass(frozen=True)
+class TranslateUnit:
+    """Makes the unit of work that writes one raw shard's caption table (see pea.data.parallel): the worker
+    reads the translation cache once and loads the model at its first miss."""
+
+    storage: Storage
+    lang_code: str
+    model_id: str
+    load_translator: Callable[[], Callable[[list[str], str, str], list[str]]]
+
+    def __call__(self) -> Callable[[dict], dict]:
+        cache = TranslationCache(self.storage, self.model_id)
+        return functools.partial(_translate_input, self.storage, self.lang_code, cache,
+                                 functools.cache(self.load_translator))
+
+
+def _translate_input(storage: Storage, lang_code: str, cache: TranslationCache, get_translator, item: dict) -> dict:
+    """A raw shard's captions, the missing side filled -> its caption table (written whole)."""
+    rows, dropped = _read_captions(storage, tuple(item["raw"]))
+    counts = _fill(rows, lang_code, cache, get_translator)
+    for r in rows:
+        r["kind"] = "culture" if r["culture"] or not r["english"] else "parallel"
+    table = pa.Table.from_pylist([{k: r.get(k) or "" for k in CAPTIONS.names} for r in rows],
+                                 schema=CAPTIONS.with_metadata({"dropped": json.dumps(dropped)}))
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(buf.getvalue(), *item["out"])
+    return {"out": "/".join(item["out"]), "counts": counts}
 
 
 def _table_counts(storage: Storage, tables: list[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -168,7 +193,11 @@ def _fill(rows: list[dict], lang_code: str, cache: TranslationCache, get_transla
 
 
 def _read_captions(storage: Storage, parts: tuple[str, ...]) -> tuple[list[dict], dict[str, int]]:
-    """The caption rows of a raw shard, and the samples dropped from it, by reason."""
+    """The caption rows of a raw shard, and the samples dropped from it, by reason: from img2dataset's table of
+    the shard where there is one (a few MB, never the images), else from the shard's samples."""
+    table = (*parts[:-1], parts[-1].removesuffix(".tar") + ".parquet")
+    if storage.exists(*table):
+        return _table_captions(storage, table), {}
     rows, dropped = [], {}
     with storage.open(*parts) as f:
         for sample in iter_samples(f, storage.uri(*parts), dropped):
@@ -180,3 +209,12 @@ def _read_captions(storage: Storage, parts: tuple[str, ...]) -> tuple[list[dict]
             rows.append({"key": sample["__key__"], "native": meta.get("native") or "",
                          "english": meta.get("english") or "", "culture": bool(meta.get("culture"))})
     return rows, dropped
+
+
+def _table_captions(storage: Storage, parts: tuple[str, ...]) -> list[dict]:
+    """The rows img2dataset wrote a sample for (status success), with the caption columns harvest kept."""
+    table = pq.read_table(io.BytesIO(storage.read_bytes(*parts)))
+    present = [c for c in ("native", "english", "culture") if c in table.column_names]
+    rows = table.select(["key", "status", *present]).to_pylist()
+    return [{"key": r["key"], "native": r.get("native") or "", "english": r.get("english") or "",
+             "culture": bool(r.get("culture"))} for r in rows if r["status"] == "success"]

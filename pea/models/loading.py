@@ -87,7 +87,7 @@ def place_frozen(pipe, family: str, device):
     import torch
 
     device = torch.device(device)
-    models, vae = frozen_dtypes(family, device, pipe.vae.config)
+    models, vae = frozen_dtypes(family, device, pipe.vae.config if pipe.vae is not None else {})
     for name, component in freeze(pipe).components.items():
         if isinstance(component, torch.nn.Module):
             dtype = vae if name == "vae" else models

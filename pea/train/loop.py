@@ -22,7 +22,11 @@ from pea import tracking
 from pea.adapter import PEAAdapter
 from pea.data.loader import BucketBatchLoader, Position
 from pea.data.records import features_batch, image_batch
+from pea.data.cache import load_null
 from pea.distill import HookedUNet, KDConfig, KDResult, NonFiniteLossError, kd_step, training_scheduler
+from pea.errors import PeaError
+from pea.features import LatentDistribution, kd_batch
+from pea.kd_types import KDBatch
 from pea.storage import Storage
 from pea.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from pea.train.config import TrainConfig, TrainJob
@@ -32,37 +36,30 @@ log = logging.getLogger("pea.train")
 
 
 class _Models:
-    """The frozen models a worker needs, loaded once: the UNet and the DDPM training scheduler always; the VAE
-    and text encoders only when features were not cached."""
+    """The frozen models a worker needs, loaded once: the UNet and the DDPM training scheduler always; the text
+    encoders unless the cache holds their outputs; the VAE only when features were not cached."""
 
     def __init__(self, job: TrainJob, device: torch.device, storage: Storage):
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-
-        from pea.data.cache import load_null
+        from pea.features import FeatureExtractor, TextFeatures
         from pea.languages import get_language
-        from pea.models.loading import load_frozen_pipeline, pipeline_source
-        from pea.models.precision import frozen_dtype
+        from pea.models.encoders import load_text_encoder
+        from pea.models.loading import load_frozen_pipeline
         from pea.presets import get_preset
 
         preset = get_preset(job.preset)
         cache = Path(job.model_cache)
-        if job.cached:
-            source = pipeline_source(preset, cache)
-            bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-            # half precision on a GPU: no fp32 copy of 2.6 B frozen weights re-cast on every pass under autocast
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=frozen_dtype(device.type, bf16))
-            scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler")
-            self.null = load_null(storage, job.lang, job.preset)
-            self.extractor = None
-        else:
-            from pea.features import FeatureExtractor
-            from pea.models.encoders import load_text_encoder
-
-            pipe = load_frozen_pipeline(preset, cache, device)
+        cached_text = job.cached and _cached_text(storage, job)
+        if cached_text:
+            unet, scheduler_config = _unet(preset, cache, device)
+            self.null, self.text = load_null(storage, job.lang, job.preset), None
+        else:  # the VAE only when no latents were cached; the UNet from the pipeline either way
+            pipe = load_frozen_pipeline(preset, cache, device, **({"vae": None} if job.cached else {}))
             student = load_text_encoder(preset.student_for(get_language(job.lang)), cache).to(device)
             student.model.to(dtype=pipe.text_encoder.dtype)
-            self.extractor = FeatureExtractor(pipe, student)
-            unet, scheduler_config, self.null = pipe.unet, pipe.scheduler.config, self.extractor.null()
+            self.text = TextFeatures(pipe, student)
+            unet, scheduler_config, self.null = pipe.unet, pipe.scheduler.config, self.text.null()
+        self.extractor = None if job.cached else FeatureExtractor(pipe, student)
+        self.sdxl = preset.family == "sdxl"
         self.scheduler = training_scheduler(scheduler_config)
         unet.to(device)
         if job.train.gradient_checkpointing:
@@ -72,11 +69,41 @@ class _Models:
         self.unet = HookedUNet(unet, job.train.kd_config().feature_blocks)
         self.null = self.null.to(device)
 
-    def batch(self, raw, device, generator):
-        if self.extractor is None:
-            return raw.to(device)
-        return self.extractor(raw["images"].to(device), raw["english"], raw["native"], raw["culture"].to(device),
-                              time_ids=raw["time_ids"].to(device), keys=raw["keys"], generator=generator)
+    def batch(self, raw, device, generator) -> KDBatch:
+        """A loader batch -> the KD step's inputs on `device`: latents drawn from the cached distribution with
+        the worker's generator (so a resumed run draws the same), captions encoded unless cached."""
+        if self.extractor is not None:
+            return self.extractor(raw["images"].to(device), raw["english"], raw["native"], raw["culture"].to(device),
+                                  time_ids=raw["time_ids"].to(device), keys=raw["keys"], generator=generator)
+        latents = LatentDistribution(raw.latents.mean.to(device), raw.latents.std.to(device)).sample(generator)
+        text = raw.text if raw.text is not None else self.text(raw.english, raw.native)
+        text = {k: v.to(device) if v is not None else None for k, v in text.items()}
+        return kd_batch(latents, text, raw.culture.to(device), raw.time_ids.to(device), raw.keys, self.sdxl)
+
+
+def _cached_text(storage: Storage, job: TrainJob) -> bool:
+    """Whether the feature shards hold the text embeddings (their manifest says); refuses an older cache."""
+    from pea.data.cache import FORMAT
+
+    manifest = storage.read_json(*job.data_prefix, "manifest.json")
+    if manifest.get("format") != FORMAT:
+        raise PeaError(f"the {job.lang}/{job.preset} features were cached by an older pea",
+                       f"delete {storage.uri(*job.data_prefix)} and run `pea cache --lang {job.lang}` again")
+    return manifest["text_embeddings"]
+
+
+def _unet(preset, cache: Path, device: torch.device):
+    """The UNet alone (in half precision on a GPU: no fp32 copy of 2.6 B frozen weights re-cast on every pass
+    under autocast) and the scheduler's config."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from pea.models.loading import pipeline_source
+    from pea.models.precision import frozen_dtype
+
+    source = pipeline_source(preset, cache)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=frozen_dtype(device.type, bf16))
+    return unet, DDPMScheduler.load_config(source, subfolder="scheduler")
 
 
 def _distributed() -> bool:

@@ -2,11 +2,14 @@
 
 One MLflow run per training job: the driver creates it, or finds it again when the same run name is
 resubmitted, and rank 0 logs into it; Ray Train resumes the job itself from the last checkpoint under
-<storage>/<lang>/train/<run name> (Train V2: the same storage_path and name continue the run).
+<storage>/<lang>/train/<run name> (Train V2: the same storage_path and name continue the run). With a profile
+that has a Ray Jobs API, the driver is a Ray job on the cluster (pea.train.jobs submits pea.train.entry, which
+runs this code there), so the run outlives the process that asked for it.
 """
 
 import logging
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,13 @@ class TrainResult:
     metrics: dict
 
 
+REVISION_FILE = Path(__file__).parents[2] / "REVISION"  # the image writes it at build time (infra/Dockerfile)
+
+
 def code_revision() -> str:
+    """The commit this code is: the image's REVISION file (an image has no .git), else git's HEAD."""
+    if REVISION_FILE.is_file():
+        return REVISION_FILE.read_text().strip() or "unknown"
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=5)
@@ -91,11 +100,19 @@ def adapter_config(language: Language, preset: Preset, cfg: TrainConfig) -> Adap
 
 
 def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
-                  switches: TrainSwitches = TrainSwitches(), override_config: bool = False) -> TrainResult:
-    """`_train_adapter` under its run's lock (pea.locks): a second submission of one run name waits for the
-    first instead of racing it on the same checkpoints and run config; other run names train side by side."""
-    run_name = cfg.run_name or names.run_name(language.code, preset.name)
-    with stage_lock(profile.storage(), language.code, f"train-{run_name}"):
+                  switches: TrainSwitches = TrainSwitches(), override_config: bool = False,
+                  job_log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train with a profile that has a Ray Jobs API (`ray.jobs_address`) as a Ray job that outlives this process
+    (pea.train.jobs: a second call of one run name attaches to its job; `job_log` gets the job's log lines);
+    else `_train_adapter` in this process under its run's lock (pea.locks): a second submission of one run
+    name waits for the first instead of racing it on the same checkpoints and run config. Other run names train
+    side by side."""
+    cfg = cfg.model_copy(update={"run_name": cfg.run_name or names.run_name(language.code, preset.name)})
+    if profile.ray.jobs_address:
+        from pea.train.jobs import train_as_job
+
+        return train_as_job(profile, language, preset, cfg, switches, override_config, job_log)
+    with stage_lock(profile.storage(), language.code, f"train-{cfg.run_name}"):
         return _train_adapter(profile, language, preset, cfg, switches, override_config)
 
 
