@@ -168,10 +168,10 @@ def pipeline_rate(tmp: Path, folder: Path, workers: int) -> tuple[float, int]:
     mapper = RayData(lambda: connect(profile), workers=workers)
     storage = Storage(str(tmp / f"root-{workers}w"))
     harvest(storage, "ko", SourceSpec(name="bench", kind="folder", uri=str(folder)),
-            HarvestConfig(samples_per_shard=16))  # many raw shards: the units of work
+            HarvestConfig(samples_per_shard=64))  # raw shards: the bucket stage's units of work
     translate(storage, "ko", "kor_Hang", "none", lambda: None)
     start = time.perf_counter()
-    shards = bucket(storage, "ko", BucketConfig(side=512, step=64, samples_per_shard=16), mapper=mapper)
+    shards = bucket(storage, "ko", BucketConfig(side=512, step=64, samples_per_shard=64), mapper=mapper)
     features = cache_features(storage, "ko", "sdxl", SlimSDXLVAE(), dtype=torch.float16, mapper=mapper)
     rate = shards["samples"] / (time.perf_counter() - start)
     return rate, sample_bytes(storage, features_dir("ko", "sdxl"), features["shards"], (512, 512))
