@@ -52,6 +52,15 @@ def ray_data(tmp_path):
     return profile, RayData(lambda: connect(profile), workers=2)
 
 
+def _both_roots(tmp_path, folders, s3_root) -> tuple[dict, Storage]:
+    """The bucket manifest one process makes on a local root, and the same inputs prepared on the S3 root."""
+    local = Storage(str(tmp_path / "local"))
+    _prepared(local, folders)
+    remote = Storage(*s3_root)
+    _prepared(remote, folders)
+    return bucket(local, "ko", test_data.SMALL), remote
+
+
 def _keys(storage: Storage, manifest: dict) -> list[str]:
     keys = []
     for s in manifest["shards"]:
@@ -63,11 +72,7 @@ def _keys(storage: Storage, manifest: dict) -> list[str]:
 @pytest.mark.integration
 def test_ray_data_workers_write_what_one_process_writes(tmp_path, folders, s3_root, ray_data, model_cache):
     profile, mapper = ray_data
-    local = Storage(str(tmp_path / "local"))
-    _prepared(local, folders)
-    expected = bucket(local, "ko", test_data.SMALL)
-    remote = Storage(*s3_root)
-    _prepared(remote, folders)
+    expected, remote = _both_roots(tmp_path, folders, s3_root)
     lines = []
     got = bucket(remote, "ko", test_data.SMALL, progress=lambda line, f=None: lines.append(f), mapper=mapper)
     assert got["digest"] == expected["digest"] and got["shards"] == expected["shards"]
@@ -109,12 +114,8 @@ bucket(Storage(root, endpoint), "ko", test_data.SMALL, mapper=lambda make, items
 
 @pytest.mark.integration
 def test_a_killed_ray_data_run_resumes_with_nothing_lost_or_duplicated(tmp_path, folders, s3_root, ray_data):
-    profile, mapper = ray_data
-    local = Storage(str(tmp_path / "local"))
-    _prepared(local, folders)
-    expected = bucket(local, "ko", test_data.SMALL)
-    storage = Storage(*s3_root)
-    _prepared(storage, folders)
+    mapper = ray_data[1]
+    expected, storage = _both_roots(tmp_path, folders, s3_root)
     env = os.environ | {"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     # its own session: the kill takes the run's driver and the Ray it started, as a lost node would
     run = subprocess.Popen([sys.executable, "-c", KILLED, *s3_root, str(tmp_path / "killed")], env=env,
