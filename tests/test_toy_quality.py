@@ -19,7 +19,7 @@ def test_kd_makes_the_student_draw_held_out_korean_prompts_near_the_teacher(tmp_
     scores = measure(profile, "ko")
     assert scores.teacher_heldout > CHANCE + 0.4  # measured 0.799
     assert abs(scores.untrained - CHANCE) < 0.1  # measured 0.232
-    assert scores.heldout >= 0.8 * scores.teacher_heldout  # measured 0.816 (1.02 x teacher)
-    assert scores.culture > scores.culture_translate  # measured 0.659 against 0.470
-    assert scores.seen >= scores.heldout - 0.1  # measured 0.743: held-out is no fit artefact
+    assert scores.heldout >= 0.8 * scores.teacher_heldout  # measured 0.828 (1.04 x teacher)
+    assert scores.culture > scores.culture_translate  # measured 0.590 against 0.470
+    assert scores.seen >= scores.heldout - 0.1  # measured 0.746: held-out is no fit artefact
     assert Path(profile.storage_root, "ko", "eval").is_dir()
