@@ -1,5 +1,17 @@
 """Where every stage's output lives under the storage root (the README's "Data" section), each path spelled
-once. Every function returns the parts that `pea.storage.Storage` joins; `*parts` extends them by file name."""
+once. Every function returns the parts that `pea.storage.Storage` joins; `*parts` extends them by file name.
+
+A stage's outputs live in a folder named by `key` of what made them (its inputs' digests and its config), and
+its manifest.json, written last at the stage's own folder, names that folder: a changed config or a new harvest
+writes new outputs beside the old ones, never over them, and a re-run with the same inputs finds its own."""
+
+import hashlib
+import json
+
+
+def key(*made_of) -> str:
+    """12 hex digits of sha256 over `made_of` (JSON-able values): the folder of the outputs they make."""
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def raw_dir(lang: str, *parts: str) -> tuple[str, ...]:
@@ -8,17 +20,17 @@ def raw_dir(lang: str, *parts: str) -> tuple[str, ...]:
 
 
 def captions_dir(lang: str, *parts: str) -> tuple[str, ...]:
-    """One caption table per raw shard: captions/<source>/<shard>.parquet."""
+    """One caption table per raw shard: captions/<source>/<key of its harvest and the model>/<shard>.parquet."""
     return (lang, "captions", *parts)
 
 
 def shards_dir(lang: str, *parts: str) -> tuple[str, ...]:
-    """Bucketed webdataset shards: shards/<W>x<H>/."""
+    """Bucketed webdataset shards: shards/<key of the caption tables and bucket config>/<W>x<H>/."""
     return (lang, "shards", *parts)
 
 
 def features_dir(lang: str, preset: str, *parts: str) -> tuple[str, ...]:
-    """The bucketed shards with cached latents and embeddings, per base-model preset."""
+    """Per base-model preset, the bucketed shards with cached features: features/<preset>/<key>/<shard path>."""
     return (lang, "features", preset, *parts)
 
 

@@ -40,7 +40,7 @@ def toy_sources(profile: Profile, language: Language, samples: int) -> list[Sour
 
     if language.code not in TOY_LANGS:
         raise PeaError(f"the toy world has no {language.code!r} captions", f"use one of: {', '.join(TOY_LANGS)}")
-    root = profile.data_dir / "toy-data" / language.code
+    root = profile.data_dir / "toy-data" / f"{language.code}-{samples}"  # another count: other folders, harvested anew
     if not (root / ".complete").exists():
         write_folders(root / "parallel", root / "culture", language.code, samples, TOY_CULTURE_SHARE, seed=0)
         (root / ".complete").write_text("ok\n")
@@ -74,12 +74,15 @@ def harvest_stage(profile: Profile, language: Language, source: SourceSpec, cfg:
 
 
 def ensure_harvested(profile: Profile, language: Language, source: SourceSpec) -> dict:
-    """A source's manifest: the one already there, or a fresh harvest's. It is looked for under the harvest's
-    lock, so a run that waited for another run's harvest of the source finds that harvest instead of redoing it."""
+    """A source's manifest: the one already there if it harvested this very source (kind, uri, ...), else a fresh
+    harvest's. It is looked for under the harvest's lock, so a run that waited for another run's harvest of the
+    source finds that harvest instead of redoing it."""
     storage = profile.storage()
     with _harvest_lock(storage, language, source):
         if storage.exists(*raw_dir(language.code), source.name, "manifest.json"):
-            return storage.read_json(*raw_dir(language.code), source.name, "manifest.json")
+            found = storage.read_json(*raw_dir(language.code), source.name, "manifest.json")
+            if found["source"] == source.model_dump(mode="json"):
+                return found
         return harvest(storage, language.code, source)
 
 

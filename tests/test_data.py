@@ -87,9 +87,9 @@ def test_img2dataset_harvest_on_loopback_counts_the_bad_images(tmp_path, monkeyp
     assert {json.loads(s["json"])["native"] for s in samples} == {f"빨간 원 {i}" for i in range(4)}
     opened = []
     monkeypatch.setattr(Storage, "open", lambda self, *parts: opened.append(parts))
-    translate(storage, "ko", "kor_Hang", "none", lambda: None)
+    captions = translate(storage, "ko", "kor_Hang", "none", lambda: None)
     assert not opened  # the captions come from img2dataset's table of the shard, never from the images' tar
-    table = pq.read_table(storage.path("ko", "captions", "laion", "00000.parquet")).to_pylist()
+    table = pq.read_table(storage.path(captions["tables"][0])).to_pylist()
     assert sorted((r["key"], r["native"]) for r in table) == sorted(
         (s["__key__"], json.loads(s["json"])["native"]) for s in samples)
 
@@ -228,7 +228,7 @@ def test_a_bucket_run_killed_half_way_resumes_without_redoing_or_duplicating(tmp
     with pytest.raises(RuntimeError, match="injected"):
         bucket(storage, "ko", SMALL, after_input=crash_after_first)
     assert not storage.exists("ko", "shards", "manifest.json")
-    first = {p: (tmp_path / "root" / p).stat().st_mtime_ns for p in storage.glob("ko", "shards", "*x*", "*.tar")}
+    first = {p: (tmp_path / "root" / p).stat().st_mtime_ns for p in storage.glob("ko", "shards", "*", "*x*", "*.tar")}
     redone = Recorder()
     manifest = bucket(storage, "ko", SMALL, progress=redone)
     assert [f for _, f in redone] == [0.5, 1.0]  # the finished input was skipped: the fraction counts this run's work
@@ -282,8 +282,8 @@ def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl, monkeypatch):
     for s in features["shards"]:
         assert s["sha256"] == hashlib.sha256(read_bytes(storage, "ko", "features", "tiny-sdxl", *s["path"].split("/"))).hexdigest()
     n = len(features["shards"])
-    assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(features["shards"], 1)]
-    assert [s["path"] for s in features["shards"]] == [s["path"] for s in shards["shards"]]
+    assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(shards["shards"], 1)]
+    assert [s["path"] for s in features["shards"]] == [f"{features['key']}/{s['path']}" for s in shards["shards"]]
     _check_loader(storage, features)
     first = next(iter(BucketBatchLoader(storage, ("ko", "shards"), shards["shards"], 2, image_batch)()))[1]
     assert first["images"].shape[0] == 2 and first["images"].min() >= -1

@@ -81,7 +81,7 @@ def test_ray_data_workers_write_what_one_process_writes(tmp_path, folders, s3_ro
     tiny = get_preset("tiny-sdxl")
     load = FrozenEncoders(model_cache, get_language("ko"), tiny, text=False, batch_size=8)
     features = cache_features(remote, "ko", tiny.name, load, mapper=mapper)
-    assert [s["path"] for s in features["shards"]] == [s["path"] for s in got["shards"]]
+    assert [s["path"] for s in features["shards"]] == [f"{features['key']}/{s['path']}" for s in got["shards"]]
     assert all(remote.exists(*features_dir("ko", tiny.name), *s["path"].split("/")) for s in features["shards"])
     with remote.open(*features_dir("ko", tiny.name), *features["shards"][0]["path"].split("/")) as f:
         sample = next(iter_samples(f, "features"))
@@ -122,13 +122,13 @@ def test_a_killed_ray_data_run_resumes_with_nothing_lost_or_duplicated(tmp_path,
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not storage.glob(*shards_dir("ko"), "_done", "*.json") and time.monotonic() < deadline:
+        while not storage.glob(*shards_dir("ko"), "*", "_done", "*.json") and time.monotonic() < deadline:
             assert run.poll() is None, "the run ended before it could be killed"
             time.sleep(0.05)
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
-    done = len(storage.glob(*shards_dir("ko"), "_done", "*.json"))
+    done = len(storage.glob(*shards_dir("ko"), "*", "_done", "*.json"))
     assert 1 <= done < PARTS and not storage.exists(*shards_dir("ko"), "manifest.json")
     resumed = bucket(storage, "ko", test_data.SMALL, mapper=mapper)
     assert resumed["shards"] == expected["shards"]

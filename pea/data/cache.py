@@ -1,7 +1,7 @@
 """Cache features: run the frozen VAE encoder once per sample and store its latent distribution beside it
 (safetensors, fp16 by default; the text encoders' outputs too when asked), so training never runs the VAE
 (pea.features says why the text is encoded online by default). Output mirrors the bucketed
-shards under <lang>/features/<preset>/; a shard's file appears whole or not at all, so a re-run skips
+shards under <lang>/features/<preset>/<key>/, the key of the shards and the cache's options; a shard's file appears whole or not at all, so a re-run skips
 the ones that exist. At scale the same per-shard function is a Ray Data map over the shard list."""
 
 import functools
@@ -17,7 +17,7 @@ from pea.data.records import image_batch
 from pea.data.tars import iter_samples, write_shard
 from pea.errors import PeaError
 from pea.features import TextFeatures, latent_distribution
-from pea.layout import features_dir, shards_dir
+from pea.layout import features_dir, key, shards_dir
 from pea.progress import Progress, quiet
 from pea.storage import Storage
 
@@ -48,20 +48,21 @@ def cache_features(
     """Cache every bucketed shard not cached yet (one unit of work each, run by `mapper`: here, or on Ray Data's
     actors, each loading the models once with `load`), then write the manifest of all of them."""
     shards_manifest = bucketed(storage, lang)
-    out = features_dir(lang, preset)
+    made = key(shards_manifest["digest"], FORMAT, text, str(dtype))  # other shards or options: other features
+    out = features_dir(lang, preset, made)
     todo = [{"path": s["path"]} for s in shards_manifest["shards"] if not storage.exists(*out, *s["path"].split("/"))]
     written = {}  # hash and size of the shards written now, taken before the upload (never read back)
-    for done, result in enumerate(mapper(CacheUnit(storage, lang, preset, load, str(dtype)), todo), 1):
+    for done, result in enumerate(mapper(CacheUnit(storage, lang, preset, made, load, str(dtype)), todo), 1):
         written[result["path"]] = {"sha256": result["sha256"], "bytes": result["bytes"]}
         progress(f"cached {result['path']}", done / len(todo))
-    shards = [{**s, **(written.get(s["path"]) or _measured(storage, *out, *s["path"].split("/")))}
+    shards = [{**s, "path": f"{made}/{s['path']}", **(written.get(s["path"]) or _measured(storage, *out, *s["path"].split("/")))}
               for s in shards_manifest["shards"]]
-    manifest = {"format": FORMAT, "preset": preset, "dtype": str(dtype).removeprefix("torch."),
+    manifest = {"format": FORMAT, "key": made, "preset": preset, "dtype": str(dtype).removeprefix("torch."),
                 "text_embeddings": text,
                 "bytes_per_sample": round(sum(s["bytes"] for s in shards) / max(1, sum(s["samples"] for s in shards))),
                 "shards": shards, "source_digest": shards_manifest["digest"],
                 "digest": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()}
-    storage.write_json(manifest, *out, "manifest.json")
+    storage.write_json(manifest, *features_dir(lang, preset), "manifest.json")
     return manifest
 
 
@@ -72,6 +73,7 @@ class CacheUnit:
     storage: Storage
     lang: str
     preset: str
+    made: str  # the outputs' folder under features/<preset>/ (pea.layout.key)
     load: Callable[[], Encoders]
     dtype: str
 
@@ -82,14 +84,15 @@ class CacheUnit:
             self.storage.write_bytes(save({
                 "teacher_context": null.teacher_context.contiguous(), "student_states": null.student_states.contiguous(),
                 "student_mask": null.student_mask.contiguous(),
-            }), *features_dir(self.lang, self.preset), "null.safetensors")
+            }), *features_dir(self.lang, self.preset, self.made), "null.safetensors")
         dtype = getattr(torch, self.dtype.removeprefix("torch."))
-        return functools.partial(_cache_input, self.storage, self.lang, self.preset, encoders, dtype)
+        out = features_dir(self.lang, self.preset, self.made)
+        return functools.partial(_cache_input, self.storage, self.lang, out, encoders, dtype)
 
 
-def _cache_input(storage: Storage, lang: str, preset: str, encoders: Encoders, dtype, item: dict) -> dict:
+def _cache_input(storage: Storage, lang: str, out: tuple[str, ...], encoders: Encoders, dtype, item: dict) -> dict:
     data = _cache_shard(storage, lang, item["path"], encoders, encoders.batch_size, dtype)
-    storage.write_bytes(data, *features_dir(lang, preset), *item["path"].split("/"))
+    storage.write_bytes(data, *out, *item["path"].split("/"))
     return {"path": item["path"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
@@ -130,9 +133,7 @@ def load_null(storage: Storage, lang: str, preset: str):
 
     from pea.kd_types import NullConditioning
 
-    t = load(storage.read_bytes(*features_dir(lang, preset), "null.safetensors"))
-    if "zeros" in t:
-        raise PeaError(f"the {lang}/{preset} features were cached by an older pea (null conditioning as zeros on SDXL)",
-                       f"delete {storage.uri(*features_dir(lang, preset))} and run pea cache --lang {lang} again")
+    made = storage.read_json(*features_dir(lang, preset), "manifest.json")["key"]
+    t = load(storage.read_bytes(*features_dir(lang, preset, made), "null.safetensors"))
     return NullConditioning(teacher_context=t["teacher_context"].float(), student_states=t["student_states"].float(),
                             student_mask=t["student_mask"])

@@ -1,4 +1,5 @@
-"""Bucket: raw shards + caption tables -> per-bucket webdataset shards under <lang>/shards/<W>x<H>/.
+"""Bucket: raw shards + caption tables -> per-bucket webdataset shards under <lang>/shards/<key>/<W>x<H>/, the key
+of the caption tables and the bucket config (pea.layout.key).
 
 Each raw shard is one unit of work: its output shards have names derived from it and a done marker is
 written last, so a re-run skips finished inputs and redoes an unfinished one under the same names (no
@@ -20,7 +21,7 @@ from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest
 from pea.data.parallel import Mapper, in_process
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.errors import PeaError
-from pea.layout import captions_dir, raw_dir, shards_dir
+from pea.layout import captions_dir, key, raw_dir, shards_dir
 from pea.progress import Progress, quiet
 from pea.storage import Storage
 
@@ -41,19 +42,20 @@ def bucket(
 ) -> dict:
     """Bucket every raw shard not done yet (one unit of work each, run by `mapper`: here or on Ray Data's
     workers), then write the manifest of all of them."""
-    tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
-    if not tables:
+    if not storage.exists(*captions_dir(lang, "manifest.json")):
         raise PeaError(f"no caption tables for {lang!r} under {storage.root}", f"run `pea translate --lang {lang}` first")
+    tables = storage.read_json(*captions_dir(lang, "manifest.json"))["tables"]
+    made = key(tables, cfg.model_dump())  # other captions or another config: other shards, beside these
     todo = []  # every input not done yet: the progress fraction counts these
     for table_path in tables:
-        source, stem = table_path.split("/")[-2], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        if not storage.exists(*shards_dir(lang), "_done", f"{source}-{stem}.json"):
+        source, stem = table_path.split("/")[-3], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if not storage.exists(*shards_dir(lang, made), "_done", f"{source}-{stem}.json"):
             todo.append({"table": table_path, "source": source, "stem": stem})
-    for finished, done in enumerate(mapper(BucketUnit(storage, lang, cfg), todo), 1):
+    for finished, done in enumerate(mapper(BucketUnit(storage, lang, cfg, made), todo), 1):
         progress(f"bucketed {done['name']}: {done['kept']} kept, {sum(done['dropped'].values())} dropped",
                  finished / len(todo))
         after_input(done["name"])
-    manifest = _manifest(storage, lang, cfg)
+    manifest = _manifest(storage, lang, cfg, made)
     if not manifest["samples"]:  # no manifest then: the stage is not done, and the next one would train on nothing
         raise PeaError(f"bucketing kept no sample of {lang!r} (dropped: {manifest['dropped']})",
                        "check the harvested images and captions (`pea harvest` prints what it skipped)")
@@ -68,21 +70,22 @@ class BucketUnit:
     storage: Storage
     lang: str
     cfg: BucketConfig
+    made: str  # the outputs' folder under shards/ (pea.layout.key)
 
     def __call__(self) -> Callable[[dict], dict]:
-        return functools.partial(_bucket_input, self.storage, self.lang, self.cfg, make_buckets(self.cfg))
+        return functools.partial(_bucket_input, self.storage, self.lang, self.cfg, self.made, make_buckets(self.cfg))
 
 
-def _bucket_input(storage: Storage, lang: str, cfg: BucketConfig, buckets, item: dict) -> dict:
+def _bucket_input(storage: Storage, lang: str, cfg: BucketConfig, made: str, buckets, item: dict) -> dict:
     """One raw shard and its caption table -> its bucketed shards, then its done marker (written last)."""
     source, stem = item["source"], item["stem"]
     captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(item["table"]))).to_pylist()}
-    done = _bucket_one(storage, lang, cfg, buckets, source, stem, captions)
-    storage.write_json(done, *shards_dir(lang), "_done", f"{source}-{stem}.json")
+    done = _bucket_one(storage, lang, cfg, buckets, made, source, stem, captions)
+    storage.write_json(done, *shards_dir(lang, made), "_done", f"{source}-{stem}.json")
     return {**done, "name": f"{source}/{stem}"}
 
 
-def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
+def _bucket_one(storage, lang, cfg, buckets, made, source, stem, captions) -> dict:
     pending: dict[tuple[int, int], list[dict]] = {}
     written, dropped, kept = [], {"broken": 0, "too_large": 0, "tiny": 0, "no_caption": 0}, 0
 
@@ -90,7 +93,7 @@ def _bucket_one(storage, lang, cfg, buckets, source, stem, captions) -> dict:
         samples = pending.pop(b, [])
         if samples:
             data = write_shard(samples)
-            path = f"{b[0]}x{b[1]}/{source}-{stem}-{len([w for w in written if w['bucket'] == list(b)]):04d}.tar"
+            path = f"{made}/{b[0]}x{b[1]}/{source}-{stem}-{len([w for w in written if w['bucket'] == list(b)]):04d}.tar"
             storage.write_bytes(data, *shards_dir(lang), *path.split("/"))
             written.append({"path": path, "bucket": list(b), "samples": len(samples),
                             "sha256": hashlib.sha256(data).hexdigest()})
@@ -144,17 +147,17 @@ def _decode(sample: dict) -> tuple[Image.Image | None, str | None]:
         return None, "broken"
 
 
-def _manifest(storage: Storage, lang: str, cfg: BucketConfig) -> dict:
+def _manifest(storage: Storage, lang: str, cfg: BucketConfig, made: str) -> dict:
     shards, dropped, per_bucket = [], {}, {}
-    for marker in storage.glob(*shards_dir(lang), "_done", "*.json"):
+    for marker in storage.glob(*shards_dir(lang, made), "_done", "*.json"):
         done = json.loads(storage.read_bytes(marker))
         shards += done["shards"]
         for reason, n in done["dropped"].items():
             dropped[reason] = dropped.get(reason, 0) + n
     for s in shards:
-        key = f"{s['bucket'][0]}x{s['bucket'][1]}"
-        per_bucket[key] = per_bucket.get(key, 0) + s["samples"]
+        size = f"{s['bucket'][0]}x{s['bucket'][1]}"
+        per_bucket[size] = per_bucket.get(size, 0) + s["samples"]
     shards.sort(key=lambda s: s["path"])
     digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
-    return {"config": cfg.model_dump(), "buckets": per_bucket, "samples": sum(per_bucket.values()),
+    return {"key": made, "config": cfg.model_dump(), "buckets": per_bucket, "samples": sum(per_bucket.values()),
             "dropped": dropped, "shards": shards, "digest": digest}

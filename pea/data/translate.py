@@ -3,7 +3,8 @@
 A parallel sample (both captions) is KD data; a culture sample (native only, or from a culture source such as
 WuKong) is SD-loss data (paper Sec. 3.4). Translations go through a transformers seq2seq model, batched, on
 the GPU when there is one, and are cached by a digest of (model, direction, text) under the storage root,
-so a re-run translates nothing twice. Output: <lang>/captions/<source>/<shard>.parquet, one per raw shard.
+so a re-run translates nothing twice. Output: <lang>/captions/<source>/<key>/<shard>.parquet, one per raw
+shard, keyed by the source's harvest manifest and the model (pea.layout.key).
 A raw sample whose .json cannot be read (`bad_json`) or that a cut-off shard lost (`truncated`) gets no row; it is
 counted in its table's metadata, and the manifest's `dropped` sums those counts over every table.
 """
@@ -24,7 +25,7 @@ from pea.data.harvest import sample_meta
 from pea.data.parallel import Mapper, in_process
 from pea.data.tars import BadSample, count, iter_samples
 from pea.errors import PeaError
-from pea.layout import captions_dir, raw_dir, translation_cache
+from pea.layout import captions_dir, key, raw_dir, translation_cache
 from pea.progress import Progress, quiet
 from pea.storage import Storage
 
@@ -104,19 +105,21 @@ def translate(
     if not raw_manifests:
         raise PeaError(f"no harvested data for {lang!r} under {storage.root}",
                        f"run `pea harvest --lang {lang} ...` first (or give the flow `sources`)")
+    tables = []  # this harvest's: a source harvested again gets new tables, never the old one's captions
     for raw_manifest in raw_manifests:
-        source = raw_manifest.split("/")[-2]
-        for shard in json.loads(storage.read_bytes(raw_manifest))["shards"]:
-            out = captions_dir(lang, source, shard.replace(".tar", ".parquet"))
+        source, harvested = raw_manifest.split("/")[-2], json.loads(storage.read_bytes(raw_manifest))
+        made = key(harvested, model_id)
+        for shard in harvested["shards"]:
+            out = captions_dir(lang, source, made, shard.replace(".tar", ".parquet"))
+            tables.append("/".join(out))
             if not storage.exists(*out):
                 todo.append({"raw": list(raw_dir(lang, source, shard)), "out": list(out)})
     totals = {"translated": 0, "cached": 0, "copied": 0}
     unit = TranslateUnit(storage, lang_code, model_id, load_translator)
     for done, result in enumerate(mapper(unit, todo), 1):
-        for key, n in result["counts"].items():
-            totals[key] += n
+        for outcome, n in result["counts"].items():
+            totals[outcome] += n
         progress(f"translated {result['out']}", done / len(todo))
-    tables = storage.glob(*captions_dir(lang, "*", "*.parquet"))
     counts, dropped = _table_counts(storage, tables)
     manifest = {"model": model_id, "tables": tables, "counts": counts, "dropped": dropped, "this_run": totals}
     storage.write_json(manifest, *captions_dir(lang, "manifest.json"))

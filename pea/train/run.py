@@ -57,11 +57,23 @@ def _data(profile: Profile, language: Language, preset_name: str) -> tuple[tuple
     storage = profile.storage()
     features = features_dir(language.code, preset_name)
     if storage.exists(*features, "manifest.json"):
-        return features, True, storage.read_json(*features, "manifest.json")
+        manifest = storage.read_json(*features, "manifest.json")
+        _features_of_the_shards(storage, language.code, manifest)
+        return features, True, manifest
     if storage.exists(*shards_dir(language.code), "manifest.json"):
         return shards_dir(language.code), False, storage.read_json(*shards_dir(language.code), "manifest.json")
     raise PeaError(f"no training shards for {language.code!r} under {storage.root}",
                    f"run the data stages first (pea harvest/translate/bucket --lang {language.code})")
+
+
+def _features_of_the_shards(storage, lang: str, features: dict) -> None:
+    """Cached features of other shards than the bucket stage's last (another bucket config, a new harvest) would
+    train on data the shards manifest no longer describes."""
+    if not storage.exists(*shards_dir(lang), "manifest.json"):
+        return
+    if features["source_digest"] != storage.read_json(*shards_dir(lang), "manifest.json")["digest"]:
+        raise PeaError(f"the {lang} features were cached from other shards than the bucket stage's last ones",
+                       f"run `pea cache --lang {lang}` (the flow does) to cache the current shards")
 
 
 def flatten(prefix: str, value) -> dict[str, str]:
