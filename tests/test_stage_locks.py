@@ -132,7 +132,7 @@ def test_two_bucket_runs_at_once_bucket_each_input_once(tmp_path, monkeypatch):
     bucketed, bucket_one, waiting = [], shards._bucket_one, Event()
 
     def slow_bucket_one(*args):
-        bucketed.append(args[4:6])  # (source, stem)
+        bucketed.append(args[5:7])  # (source, stem)
         waiting.wait(timeout=3)  # the run at work goes on once the other has said it waits (or after 3 s)
         return bucket_one(*args)
 
