@@ -53,7 +53,9 @@ class RayData:
         self.connect()
         rows = [{"in": json.dumps(item)} for item in items]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one input a block: a task each
-        ds = ds.map(_RayUnit, fn_constructor_args=(make,), num_cpus=self.cpus, num_gpus=self.gpus,
-                    compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))))
+        # a unit is a whole shard (seconds to minutes): one at a time per actor, so none waits queued behind a
+        # busy actor while another is idle (Ray Data queues several per actor by default, for small tasks)
+        pool = ray.data.ActorPoolStrategy(size=min(self.workers, len(rows)), max_tasks_in_flight_per_actor=1)
+        ds = ds.map(_RayUnit, fn_constructor_args=(make,), num_cpus=self.cpus, num_gpus=self.gpus, compute=pool)
         for row in ds.iter_rows():
             yield json.loads(row["out"])

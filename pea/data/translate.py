@@ -45,13 +45,16 @@ class Translator:
     """A seq2seq translation model (NLLB, Marian, ...) loaded with transformers."""
 
     def __init__(self, source: str, cfg: TranslateConfig = TranslateConfig()):
+        import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from pea.models.precision import default_device
+        from pea.models.precision import default_device, frozen_dtype
 
         self.device = default_device()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(source).to(self.device).eval()
+        # half precision on a GPU, as pea's other frozen models (pea.models.precision says why)
+        dtype = frozen_dtype(self.device, self.device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=dtype).to(self.device).eval()
         self.cfg = cfg
 
     def __call__(self, texts: list[str], src_code: str, tgt_code: str) -> list[str]:
