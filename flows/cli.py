@@ -398,7 +398,7 @@ def train(
     if stop:
         from pea.train.jobs import stop_training
 
-        name = run.train.run_name or default_run_name(language.code, run.preset)
+        name = run.train.run_name or default_run_name(language.code, run.preset, method=run.train.method)
         stopped = stop_training(prof, language.code, name)
         typer.echo(f"stopping training job {stopped}" if stopped else f"no training job of {name} is running")
         return

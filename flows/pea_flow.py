@@ -89,10 +89,10 @@ def evaluate(profile: Profile, language: Language, preset: Preset, run_name: str
     return summary, registration
 
 
-def run_name_for(lang: str, preset: str) -> str:
+def run_name_for(lang: str, preset: str, method: str) -> str:
     """One training job per flow run: a retry of the flow run keeps it, a new flow run gets a new one."""
     run_id = flow_run.get_id()
-    return run_name(lang, preset, run_id[:8] if run_id else None)
+    return run_name(lang, preset, run_id[:8] if run_id else None, method=method)
 
 
 @flow(name="pea")
@@ -114,7 +114,7 @@ def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> 
         shards = bucket_shards(prof, language, preset, captions)
     with stage("cache"):
         features = cache_features(prof, language, preset, config.data.cache_batch, config.data.cache_text, shards)
-    train_cfg = config.train.model_copy(update={"run_name": config.train.run_name or run_name_for(language.code, preset.name)})
+    train_cfg = config.train.model_copy(update={"run_name": config.train.run_name or run_name_for(language.code, preset.name, config.train.method)})
     with stage("train"):
         trained = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))
     summary, registration = evaluate(prof, language, preset, trained.run_name, config.eval, config.gate)

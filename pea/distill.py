@@ -177,7 +177,7 @@ def teacher_conditioning(batch: KDBatch, null: NullConditioning, drop: torch.Ten
     return Conditioning(_swap_context(drop, null.teacher_context, batch.teacher_context), batch.teacher_pooled)
 
 
-def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B, ...) x2 -> (B,): the mean squared error of each sample, in fp32."""
     return F.mse_loss(a.float(), b.float(), reduction="none").flatten(1).mean(1)
 
@@ -201,12 +201,12 @@ def kd_terms(unet, teacher_unet, batch, student, teacher, noised, scheduler, cfg
         t_time_ids = batch.time_ids[kd_idx] if batch.time_ids is not None else None
         with torch.no_grad():  # the teacher runs on the parallel rows only: they are the only ones KD weighs
             t_pred, t_feats = teacher_unet(noised.noisy[kd_idx], noised.timesteps[kd_idx], t_cond, t_time_ids, features)
-        terms["output_kd"] = _batch_mean(_per_sample_mse(pred[kd_idx], t_pred), B)
+        terms["output_kd"] = _batch_mean(per_sample_mse(pred[kd_idx], t_pred), B)
         if features:
-            terms["feature_kd"] = sum(_batch_mean(_per_sample_mse(s[kd_idx], t), B) for s, t in zip(s_feats, t_feats))
+            terms["feature_kd"] = sum(_batch_mean(per_sample_mse(s[kd_idx], t), B) for s, t in zip(s_feats, t_feats))
     if cfg.sd > 0 and sd_rows.any():
         target = diffusion_target(scheduler, batch.latents, noised.noise, noised.timesteps)
-        terms["sd"] = _batch_mean(_per_sample_mse(pred, target)[sd_rows], B)
+        terms["sd"] = _batch_mean(per_sample_mse(pred, target)[sd_rows], B)
     if cfg.text_kd > 0 and len(kd_idx):
         terms["text_kd"] = _batch_mean(_text_kd(student, teacher, batch.student_mask, kd_idx), B)
     return terms
@@ -215,9 +215,9 @@ def kd_terms(unet, teacher_unet, batch, student, teacher, noised, scheduler, cfg
 def _text_kd(student: Conditioning, teacher: Conditioning, mask, idx) -> torch.Tensor:
     """(len(idx),): mean-pooled student vs teacher token states (the token counts differ), plus pooled on SDXL."""
     s_mean = masked_mean(student.context[idx], mask[idx])
-    per_sample = _per_sample_mse(s_mean, teacher.context[idx].mean(1))
+    per_sample = per_sample_mse(s_mean, teacher.context[idx].mean(1))
     if student.pooled is not None:
-        per_sample = per_sample + _per_sample_mse(student.pooled[idx], teacher.pooled[idx])
+        per_sample = per_sample + per_sample_mse(student.pooled[idx], teacher.pooled[idx])
     return per_sample
 
 

@@ -3,11 +3,15 @@
 The student encoder and the adapter turn the prompt into `prompt_embeds` (+ `pooled_prompt_embeds` on SDXL)
 and the wrapped pipeline does everything else, so schedulers, LoRAs, ControlNets, inpainting, LCM and turbo
 models keep working: wrap whichever pipeline you built.
+
+A fine-tuning baseline's folder (pea.baselines: `wkwv`, `lora`) also holds UNet weights: `wrap` then draws with
+a copy of the pipeline whose UNet carries them, and the pipeline it was given stays as it was.
 """
 
 from pathlib import Path
 
 from pea.adapter import AdapterConfig, load_adapter
+from pea.baselines import candidate_pipeline
 from pea.conditioning import StudentConditioner, check_prompts, is_sdxl, null_is_zeros
 from pea.errors import PeaError
 from pea.languages import Language
@@ -44,7 +48,9 @@ class PEAPipeline:
 
     @classmethod
     def wrap(cls, pipe, adapter_dir: Path, language: Language, preset: Preset, model_cache: Path) -> "PEAPipeline":
-        """Attach the adapter at `adapter_dir` and the language's student encoder to an existing pipeline."""
+        """Attach the adapter at `adapter_dir` and the language's student encoder to an existing pipeline; for a
+        baseline, to a copy of it with the baseline's UNet (pea.baselines.candidate_pipeline), so that `pipe`
+        can go on serving other systems unchanged."""
         spec = preset.student_for(language)
         context = pipe.unet.config.cross_attention_dim
         pooled = pipe.text_encoder_2.config.projection_dim if is_sdxl(pipe) else None
@@ -52,6 +58,7 @@ class PEAPipeline:
         _check_encoder(adapter.config, preset, language)
         encoder = load_text_encoder(spec, model_cache).to(pipe.device)
         adapter = adapter.to(pipe.device, pipe.unet.dtype).eval().requires_grad_(False)
+        pipe = candidate_pipeline(pipe, adapter_dir)
         return cls(pipe, StudentConditioner(encoder, adapter, zero_null=null_is_zeros(pipe)))
 
     @classmethod

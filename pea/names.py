@@ -28,12 +28,17 @@ def name_type(what: str):
                      Field(json_schema_extra={"pattern": NAME_PATTERN})]
 
 
-def model_name(lang: str) -> str:
-    """The registered model of a language's adapters, and the MLflow experiment of its training runs."""
-    return f"pea-{lang}"
+# Methods that change the UNet (pea.baselines.UNET_PARTS): no plug-ins, so registered apart from the adapters
+UNET_METHODS = ("wkwv", "lora")
 
 
-def run_name(lang: str, preset: str, suffix: str | None = None) -> str:
-    """A training job's name (the same name resumes the job): per language and preset, plus a suffix such as
-    the flow run's id when every flow run trains its own candidate."""
-    return f"{model_name(lang)}-{preset}" + (f"-{suffix}" if suffix else "")
+def model_name(lang: str, method: str = "pea") -> str:
+    """The registered model of a language's adapters (`pea-<lang>`: PEA and its ablations, plug-ins all), and the
+    MLflow experiment of its training runs; a baseline that changes the UNet registers as `pea-<lang>-<method>`."""
+    return f"pea-{lang}-{method}" if method in UNET_METHODS else f"pea-{lang}"
+
+
+def run_name(lang: str, preset: str, suffix: str | None = None, method: str = "pea") -> str:
+    """A training job's name (the same name resumes the job): per language, preset and registered model, plus a
+    suffix such as the flow run's id when every flow run trains its own candidate."""
+    return f"{model_name(lang, method)}-{preset}" + (f"-{suffix}" if suffix else "")

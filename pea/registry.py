@@ -1,5 +1,7 @@
 """The MLflow model registry per language: `pea-<lang>`, aliases `challenger` (newest candidate) and
-`champion` (the one to serve), and the champion gate's decision written onto each version.
+`champion` (the one to serve), and the champion gate's decision written onto each version. The fine-tuning
+baselines (pea.baselines: `wkwv`, `lora`) change the UNet, so they are no plug-ins: they register apart, as
+`pea-<lang>-<method>`, tagged so (`method_tags`).
 
 A version is the training run's adapter logged as a pyfunc model (pea/serving.py) on that run; registering
 the same run again finds its version instead of making a second one, so a retried task is harmless.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from pea.adapter import CONFIG
 from pea.errors import PeaError
-from pea.names import model_name
+from pea.names import UNET_METHODS, model_name
 from pea.tracking import client
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -39,12 +41,20 @@ def _tracking(uri: str) -> Iterator[None]:
         mlflow.set_registry_uri(before[1])
 
 
-def version_by_alias(tracking_uri: str, lang: str, alias: str):
+def method_tags(method: str) -> dict[str, str]:
+    """What a version is: its training method, and whether it changes the UNet (then it is no plug-in: it needs
+    its own UNet weights, saved next to the bridge, and cannot join other SD plug-ins unchanged)."""
+    changes_unet = method in UNET_METHODS
+    return {"pea.method": method, "pea.changes_unet": str(changes_unet).lower(),
+            "pea.plug_in": str(not changes_unet).lower()}
+
+
+def version_by_alias(tracking_uri: str, lang: str, alias: str, method: str = "pea"):
     """The model version behind `alias`, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(tracking_uri).get_model_version_by_alias(model_name(lang), alias)
+        return client(tracking_uri).get_model_version_by_alias(model_name(lang, method), alias)
     except MlflowException:
         return None
 
@@ -105,15 +115,16 @@ class Registered:
 
 
 def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags: dict[str, str],
-             model_config: dict) -> Registered:
-    """Log the adapter as a pyfunc model on the training run and register it as a version of pea-<lang>;
-    idempotent per run. The new version gets the `challenger` alias."""
+             model_config: dict, method: str = "pea") -> Registered:
+    """Log the adapter folder (a baseline's UNet part with it) as a pyfunc model on the training run and register
+    it as a version of `model_name(lang, method)`; idempotent per run. The new version gets `challenger`."""
     import mlflow
 
     from pea.resources import resource_path
     from pea.serving import requirements
 
-    mlflow_client, name = client(tracking_uri), model_name(lang)
+    mlflow_client, name = client(tracking_uri), model_name(lang, method)
+    tags = tags | method_tags(method)
     existing = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         return Registered(str(existing[0].version), False)
@@ -129,22 +140,24 @@ def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags:
     return Registered(str(version.version), True)
 
 
-def apply_decision(tracking_uri: str, lang: str, version: str, promote: bool, tags: dict[str, str]) -> None:
-    mlflow_client, name = client(tracking_uri), model_name(lang)
+def apply_decision(tracking_uri: str, lang: str, version: str, promote: bool, tags: dict[str, str],
+                   method: str = "pea") -> None:
+    mlflow_client, name = client(tracking_uri), model_name(lang, method)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     if promote:
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
 
 
-def list_versions(tracking_uri: str, lang: str) -> list[dict]:
-    """Every version of pea-<lang>, newest first, with aliases, gate decision and primary/guard metrics."""
-    mlflow_client = client(tracking_uri)
-    versions = mlflow_client.search_model_versions(f"name = '{model_name(lang)}'")
+def list_versions(tracking_uri: str, lang: str, method: str = "pea") -> list[dict]:
+    """Every version of `model_name(lang, method)`, newest first, with aliases, gate decision and primary/guard
+    metrics."""
+    mlflow_client, name = client(tracking_uri), model_name(lang, method)
+    versions = mlflow_client.search_model_versions(f"name = '{name}'")
     if not versions:
         return []
     # search results carry no aliases; the registered model has them all
-    aliases = mlflow_client.get_registered_model(model_name(lang)).aliases or {}
+    aliases = mlflow_client.get_registered_model(name).aliases or {}
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         tags = v.tags or {}

@@ -1,5 +1,6 @@
-"""Training checkpoints: adapter (safetensors + config), optimizer and schedule, step, loader position and
-every rank's noise generator state, so that a resumed run continues exactly where the last checkpoint was
+"""Training checkpoints: adapter (safetensors + config; for a baseline the bridge, and its UNet part in the
+diffusers format pea.baselines writes), optimizer and schedule, step, loader position and every rank's noise
+generator state, so that a resumed run continues exactly where the last checkpoint was
 taken (each rank draws its own noise; with synchronised gradients every rank's draws shape the adapter)."""
 
 import io
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from pea.adapter import PEAAdapter, load_adapter
+from pea.baselines import FineTuned
 from pea.data.loader import Position
 from pea.errors import PeaError
 from pea.storage import write_files
@@ -28,13 +30,13 @@ class TrainState:
     samples: int = 0  # samples consumed by all workers together
 
 
-def save_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, state: TrainState,
+def save_checkpoint(folder: Path, trained: PEAAdapter | FineTuned, optimizer, schedule, state: TrainState,
                     generator_states: list[torch.Tensor], config: dict) -> Path:
     """`generator_states[r]` is rank r's noise generator state (a uint8 tensor); `config` is what the job was
     started with (pea.train.run), kept with the weights it made. Everything is serialized in memory and written
     by write_files: torch's and safetensors' own writers report a full disk as a bare RuntimeError or
     SafetensorError, and leave half a file."""
-    adapter.save(folder, _ELSEWHERE)
+    trained.save(folder, _ELSEWHERE)
     opt = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, opt)
     rng = {f"generator.{rank}": g.cpu().contiguous() for rank, g in enumerate(generator_states)}
@@ -46,10 +48,13 @@ def save_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, stat
     return folder
 
 
-def load_checkpoint(folder: Path, adapter: PEAAdapter, optimizer, schedule, generator: torch.Generator,
+def load_checkpoint(folder: Path, trained: PEAAdapter | FineTuned, optimizer, schedule, generator: torch.Generator,
                     rank: int = 0) -> TrainState:
-    loaded = load_adapter(folder, adapter.config.input_dim, adapter.config.context_dim, adapter.config.pooled_dim)
-    adapter.load_state_dict(loaded.state_dict())
+    if isinstance(trained, FineTuned):
+        trained.load(folder)
+    else:
+        config = trained.config
+        trained.load_state_dict(load_adapter(folder, config.input_dim, config.context_dim, config.pooled_dim).state_dict())
     # our own file, read back with weights_only: tensors and plain containers, no arbitrary objects
     opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(opt["optimizer"])

@@ -2,14 +2,18 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pea.adapter import AdapterConfig
+from pea.baselines import SD_LOSS, UNET_PARTS
 from pea.distill import ABLATIONS, KDConfig
 from pea.names import name_type
 
 
 RUNTIME_FIELDS = {"run_name", "max_failures", "keep_checkpoints", "log_every", "checkpoint_every"}
+# PEA, its ablations (pea.distill.ABLATIONS: the adapter alone trains) and the baselines that fine-tune part of
+# the UNet with the SD loss (pea.baselines.UNET_PARTS)
+METHODS = (*ABLATIONS, *UNET_PARTS)
 
 
 class TrainConfig(BaseModel):
@@ -24,8 +28,9 @@ class TrainConfig(BaseModel):
     weight_decay: float | None = Field(None, ge=0)
     adapter_hidden: tuple[int, ...] | None = None
     max_grad_norm: float = Field(1.0, gt=0)
-    method: Literal[tuple(ABLATIONS)] = "pea"  # a row of pea.distill.ABLATIONS (a Literal: schemas list them)
-    kd: KDConfig | None = None  # overrides `method` when given
+    method: Literal[METHODS] = "pea"  # one of METHODS (a Literal: schemas list them)
+    kd: KDConfig | None = None  # overrides `method`'s loss when given
+    lora_rank: int = Field(4, gt=0, le=1024)  # method lora: LoRA rank r (alpha = r, as diffusers' SDXL LoRA script)
     seed: int = 0
     shuffle_buffer: int = Field(256, ge=1)
     log_every: int = Field(10, gt=0)
@@ -43,14 +48,26 @@ class TrainConfig(BaseModel):
                     "gradient_checkpointing": preset.train.gradient_checkpointing}
         return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
+    @model_validator(mode="after")
+    def _baselines_have_no_teacher(self) -> "TrainConfig":
+        """A baseline's step (pea.baselines.sd_step) computes the SD loss only: KD weights would be ignored."""
+        kd = self.kd
+        if self.method in UNET_PARTS and kd is not None and (kd.needs_teacher or kd.text_kd > 0):
+            raise ValueError(f"method {self.method!r} trains with the SD loss alone: give kd without KD terms")
+        return self
+
     def kd_config(self) -> KDConfig:
-        return self.kd if self.kd is not None else ABLATIONS[self.method]
+        if self.kd is not None:
+            return self.kd
+        return ABLATIONS.get(self.method, SD_LOSS)
 
     def identity(self) -> dict:
         """What decides the trained weights: a resumed run must match it. Left out: the run name (the job's
         key) and how the job is run and watched (failures allowed, checkpoints kept, logging and checkpoint
-        intervals), which a resubmission may change."""
-        return self.model_dump(mode="json", exclude=RUNTIME_FIELDS)
+        intervals), which a resubmission may change; and the LoRA rank unless the method is lora (so runs
+        started before the field existed still resume)."""
+        exclude = RUNTIME_FIELDS | ({"lora_rank"} if self.method != "lora" else set())
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 class TrainSwitches(BaseModel):

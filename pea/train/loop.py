@@ -1,9 +1,10 @@
 """The per-worker training loop. Every Ray Train call of pea is in this module and in run.py.
 
 `train_loop_per_worker` only wires the pieces: `_Models` (the frozen models, loaded once), `micro_step` (one
-KD forward/backward through the DDP-wrapped adapter), `optimizer_step`, `LogWindow` (the metrics of the last
-`log_every` steps) and `_report` (checkpoints). `micro_step` and `optimizer_step` need no Ray and are tested
-on their own, with two gloo processes for the gradient synchronisation.
+forward/backward through the DDP-wrapped trainable module: the adapter for PEA and its ablations, bridge + UNet
+part for the baselines of pea.baselines), `optimizer_step`, `LogWindow` (the metrics of the last `log_every`
+steps) and `_report` (checkpoints). `micro_step` and `optimizer_step` need no Ray and are tested on their own,
+with two gloo processes for the gradient synchronisation.
 """
 
 import logging
@@ -20,6 +21,7 @@ import torch.distributed as dist
 
 from pea import tracking
 from pea.adapter import PEAAdapter
+from pea.baselines import UNET_PARTS, FineTuned, build_trainable, sd_step, trainable_parameters
 from pea.data.loader import BucketBatchLoader, Position
 from pea.data.records import features_batch, image_batch
 from pea.data.cache import load_null
@@ -37,7 +39,9 @@ log = logging.getLogger("pea.train")
 
 class _Models:
     """The frozen models a worker needs, loaded once: the UNet and the DDPM training scheduler always; the text
-    encoders unless the cache holds their outputs; the VAE only when features were not cached."""
+    encoders unless the cache holds their outputs; the VAE only when features were not cached. `unet` is the
+    frozen UNet behind HookedUNet for PEA and its ablations, None for a baseline, whose UNet (`base_unet`)
+    becomes part of the trainable module."""
 
     def __init__(self, job: TrainJob, device: torch.device, storage: Storage):
         from pea.features import FeatureExtractor, TextFeatures
@@ -66,7 +70,8 @@ class _Models:
             unet.enable_gradient_checkpointing()
         if device.type == "cpu":
             unet.to(memory_format=torch.channels_last)
-        self.unet = HookedUNet(unet, job.train.kd_config().feature_blocks)
+        self.base_unet = unet
+        self.unet = None if job.train.method in UNET_PARTS else HookedUNet(unet, job.train.kd_config().feature_blocks)
         self.null = self.null.to(device)
 
     def batch(self, raw, device, generator) -> KDBatch:
@@ -118,20 +123,28 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
+def _loss(model, models, batch, kd: KDConfig, generator, step: int) -> KDResult:
+    """The KD step around the frozen UNet for PEA and its ablations; the SD loss of the whole trainable module
+    (bridge + UNet part) for a baseline."""
+    if isinstance(getattr(model, "module", model), FineTuned):
+        return sd_step(model, models.scheduler, batch, models.null, kd, generator, step)
+    return kd_step(models.unet, model, models.scheduler, batch, models.null, kd, generator, step)
+
+
 def micro_step(model, models, batch, kd: KDConfig, cfg: TrainConfig, generator, step: int, sync: bool,
                autocast=nullcontext()) -> KDResult | None:
-    """One KD forward and backward of a micro-batch; None when the loss was not finite and `on_nonfinite` is
+    """One forward and backward of a micro-batch; None when the loss was not finite and `on_nonfinite` is
     skip (on every rank alike, so no rank waits in an all-reduce the others skipped).
 
-    `model` is the adapter as the optimizer's step sees it: DDP-wrapped with several workers. The KD step calls
-    it (never `model.module`), so DDP's gradient hooks fire and backward all-reduces the mean gradient;
+    `model` is the trainable module as the optimizer's step sees it: DDP-wrapped with several workers. The step
+    calls it (never `model.module`), so DDP's gradient hooks fire and backward all-reduces the mean gradient;
     `sync=False` (a micro-batch before the last of an accumulation) defers that with `no_sync`.
     """
     defer = model.no_sync() if (not sync and hasattr(model, "no_sync")) else nullcontext()
     with defer:
         try:
             with autocast:
-                result = kd_step(models.unet, model, models.scheduler, batch, models.null, kd, generator, step)
+                result = _loss(model, models, batch, kd, generator, step)
         except NonFiniteLossError as e:
             if cfg.on_nonfinite == "raise":
                 raise
@@ -144,23 +157,23 @@ def micro_step(model, models, batch, kd: KDConfig, cfg: TrainConfig, generator, 
 
 
 def optimizer_step(model, optimizer, schedule, max_grad_norm: float) -> None:
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
     optimizer.step()
     schedule.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def check_replicas_agree(adapter: PEAAdapter, device) -> None:
-    """Every rank must hold the same adapter (DDP keeps them equal); a checksum compared across ranks at each
-    checkpoint catches a loop that trains independent copies and would save rank 0's alone."""
+def check_replicas_agree(module: torch.nn.Module, device) -> None:
+    """Every rank must hold the same trainable weights (DDP keeps them equal); a checksum compared across ranks
+    at each checkpoint catches a loop that trains independent copies and would save rank 0's alone."""
     if not _distributed():
         return
-    total = torch.stack([p.detach().double().sum() for p in adapter.parameters()]).sum().to(device)
+    total = torch.stack([p.detach().double().sum() for p in trainable_parameters(module)]).sum().to(device)
     low, high = total.clone(), total.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.isclose(low, high, rtol=1e-9, atol=1e-9):
-        raise RuntimeError(f"adapter replicas differ across ranks (checksums {low.item()} .. {high.item()})")
+        raise RuntimeError(f"trainable replicas differ across ranks (checksums {low.item()} .. {high.item()})")
 
 
 @dataclass
@@ -212,8 +225,8 @@ def train_loop_per_worker(config: dict, tracking_uri: str) -> None:
     torch.manual_seed(cfg.seed + rank)
     storage = Storage(job.storage_root, endpoint_url=job.s3_endpoint_url)
     models = _Models(job, device, storage)
-    adapter, optimizer, schedule, generator, state, resumed = _trainable(job, device, rank)
-    model = ray.train.torch.prepare_model(adapter, move_to_device=False)
+    trained, optimizer, schedule, generator, state, resumed = _trainable(job, models, device, rank)
+    model = ray.train.torch.prepare_model(trained, move_to_device=False)
     loader = BucketBatchLoader(storage, job.data_prefix, job.shards, cfg.batch_size,
                                features_batch if job.cached else image_batch, rank, world, cfg.seed,
                                cfg.shuffle_buffer)
@@ -252,8 +265,8 @@ def train_loop_per_worker(config: dict, tracking_uri: str) -> None:
                 _log_window(job, window, schedule, state, device, world, gauges, mlflow)
                 window = LogWindow()
             if state.step % cfg.checkpoint_every == 0 or finished:
-                check_replicas_agree(adapter, device)
-                _report(job, adapter, optimizer, schedule, state, generator_states(generator, device), rank)
+                check_replicas_agree(trained, device)
+                _report(job, trained, optimizer, schedule, state, generator_states(generator, device), rank)
                 if gauges is not None:
                     gauges.checkpointed()
             if finished:
@@ -265,21 +278,22 @@ def train_loop_per_worker(config: dict, tracking_uri: str) -> None:
         bar.close()
 
 
-def _trainable(job: TrainJob, device, rank: int):
-    """The adapter, AdamW, warm-up + cosine schedule and noise generator, restored from Ray's checkpoint if any."""
+def _trainable(job: TrainJob, models: _Models, device, rank: int):
+    """The trainable module (pea.baselines.build_trainable), AdamW on its trainable parameters, warm-up + cosine
+    schedule and noise generator, restored from Ray's checkpoint if any."""
     from transformers import get_cosine_schedule_with_warmup
 
     cfg = job.train
-    adapter = PEAAdapter(job.adapter).to(device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = build_trainable(cfg.method, PEAAdapter(job.adapter).to(device), models.base_unet, cfg.lora_rank)
+    optimizer = torch.optim.AdamW(trainable_parameters(trained), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
     state = TrainState()
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as folder:
-            state = load_checkpoint(Path(folder), adapter, optimizer, schedule, generator, rank)
-    return adapter, optimizer, schedule, generator, state, resumed
+            state = load_checkpoint(Path(folder), trained, optimizer, schedule, generator, rank)
+    return trained, optimizer, schedule, generator, state, resumed
 
 
 def _log_window(job, window: LogWindow, schedule, state: TrainState, device, world: int, gauges, mlflow) -> None:
@@ -325,12 +339,12 @@ def generator_states(generator: torch.Generator, device) -> list[torch.Tensor]:
     return [g.cpu() for g in gathered]
 
 
-def _report(job: TrainJob, adapter, optimizer, schedule, state, generator_states, rank) -> None:
+def _report(job: TrainJob, trained, optimizer, schedule, state, generator_states, rank) -> None:
     metrics = {"step": state.step}
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), adapter, optimizer, schedule, state, generator_states, job.config)
+        save_checkpoint(Path(tmp), trained, optimizer, schedule, state, generator_states, job.config)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"step-{state.step:08d}")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pea import names, tracking
-from pea.adapter import AdapterConfig
+from pea.adapter import CONFIG, WEIGHTS, AdapterConfig
+from pea.baselines import PART_FILES
 from pea.cluster import connect
 from pea.errors import PeaError
 from pea.languages import Language
@@ -104,7 +105,8 @@ def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dic
 
 
 def adapter_config(language: Language, preset: Preset, cfg: TrainConfig) -> AdapterConfig:
-    """The adapter a job trains: the student encoder's width in, the preset's context (and pooled) width out."""
+    """The adapter a job trains (a baseline's bridge): the student encoder's width in, the preset's context (and
+    pooled) width out."""
     spec = preset.student_for(language)
     return AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
                          hidden_dims=cfg.for_preset(preset).adapter_hidden, language=language.code,
@@ -119,7 +121,8 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     else `_train_adapter` in this process under its run's lock (pea.locks): a second submission of one run
     name waits for the first instead of racing it on the same checkpoints and run config. Other run names train
     side by side."""
-    cfg = cfg.model_copy(update={"run_name": cfg.run_name or names.run_name(language.code, preset.name)})
+    default = names.run_name(language.code, preset.name, method=cfg.method)
+    cfg = cfg.model_copy(update={"run_name": cfg.run_name or default})
     if profile.ray.jobs_address:
         from pea.train.jobs import train_as_job
 
@@ -144,7 +147,7 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
     pipeline_source(preset, profile.model_cache)
     encoder_source(spec, profile.model_cache)
     prefix, cached, manifest = _data(profile, language, preset.name)
-    run_name = cfg.run_name or names.run_name(language.code, preset.name)
+    run_name = cfg.run_name or names.run_name(language.code, preset.name, method=cfg.method)
     adapter = adapter_config(language, preset, cfg)
     data_digest = manifest.get("source_digest", manifest["digest"])
     identity = {"lang": language.code, "preset": preset.name, "data_digest": data_digest, "cached_features": cached,
@@ -152,7 +155,8 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
     _same_config(profile.storage(), language.code, run_name, identity, override_config)
     run_id = _mlflow_run(profile, language, run_name, params=flatten("", identity),
                          tags={"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
-                               "pea.code_revision": code_revision(), "pea.student_encoder": spec.id})
+                               "pea.code_revision": code_revision(), "pea.student_encoder": spec.id,
+                               "pea.method": cfg.method})
     job = TrainJob(lang=language.code, run_name=run_name, preset=preset.name, model_cache=str(profile.model_cache),
                    storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
                    cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg, switches=switches,
@@ -229,10 +233,12 @@ def _finalize(profile, language, run_name, run_id, result) -> TrainResult:
     with result.checkpoint.as_directory() as folder:
         folder = Path(folder)
         state = json.loads((folder / "state.json").read_text())
-        for name in ("adapter.json", "adapter.safetensors"):
+        # a baseline's UNet part too; the adapter weights last: the flow takes them as the mark of a finished job
+        files = [name for name in (CONFIG, *PART_FILES, WEIGHTS) if (folder / name).is_file()]
+        for name in files:
             storage.write_bytes((folder / name).read_bytes(), *adapter_dir(language.code, run_name, name))
         with tempfile.TemporaryDirectory() as tmp:
-            for name in ("adapter.json", "adapter.safetensors"):
+            for name in files:
                 (Path(tmp) / name).write_bytes((folder / name).read_bytes())
             client = tracking.client(profile.mlflow_tracking_uri)
             client.log_artifacts(run_id, tmp, artifact_path="adapter")
