@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from pea.evaluate.config import EvalDefaults, EvalModels
-from pea.languages import EncoderSpec, Language
+from pea.languages import EncoderSpec, Language, encoder_variant, pick_variant
 from pea.names import name_type
 from pea.resources import load_registry, lookup
 
@@ -46,6 +46,7 @@ class Preset(BaseModel):
     model_id: str | None = None
     build: str | None = None
     student_encoder: EncoderSpec | None = None
+    encoder_variants: dict[str, EncoderSpec] = {}  # built-locally presets: stand-ins of the languages' variants
     bucket_step: int = 64  # bucket sides are multiples of this: VAE factor x UNet downsampling
     translation_model: str | None = None  # tiny presets: a built-locally MT model instead of the language's
     eval_models: EvalModels = EvalModels()  # tiny presets: tiny metric models; toy: the world's judge
@@ -60,12 +61,16 @@ class Preset(BaseModel):
     def is_built_locally(self) -> bool:
         return self.build is not None
 
-    def student_for(self, language: Language) -> EncoderSpec:
+    def student_for(self, language: Language, variant: str | None = None) -> EncoderSpec:
         """Built-locally presets bring their own students (`{lang}` in the id picks the language's own);
-        real ones use the language registry's encoder."""
+        real ones use the language registry's encoder. `variant` names one of the language's encoder_variants
+        to use instead (a built-locally preset's stand-in of it)."""
+        real = language.student_encoder if variant is None else encoder_variant(language, variant)
         if self.student_encoder is None:
-            return language.student_encoder
-        return self.student_encoder.model_copy(update={"id": self.student_encoder.id.format(lang=language.code)})
+            return real
+        own = self.student_encoder if variant is None else pick_variant(self.encoder_variants, variant,
+                                                                         f"preset {self.name!r}")
+        return own.model_copy(update={"id": own.id.format(lang=language.code)})
 
     def translation_for(self, language: Language) -> str:
         return self.translation_model or language.translation.id

@@ -8,7 +8,7 @@ import torch
 
 from pea.errors import PeaError
 from pea.languages import EncoderSpec
-from pea.models.loading import encoder_source, load_transformers_class, load_weights_strictly
+from pea.models.loading import encoder_source, load_open_clip_text, load_transformers_class, load_weights_strictly
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,23 @@ def state_width(model, layer: int) -> int:
 
 
 def load_text_encoder(spec: EncoderSpec, model_cache: Path) -> TextEncoder:
-    """The spec's tokenizer and model, every weight loaded from the checkpoint (else a PeaError), and of a dual
-    CLIP checkpoint (`loader` the class the repo holds: ChineseCLIPModel, AltCLIPModel, CLIPModel) the text tower.
-    The spec's hidden_size sized the adapter before anything was loaded, so the tower's real width is checked
-    against it here, before any encoding."""
+    """The spec's tokenizer and model, every weight loaded from the checkpoint (else a PeaError): of a dual
+    CLIP checkpoint (`loader` the class the repo holds: ChineseCLIPModel, AltCLIPModel, CLIPModel) the text tower;
+    of an encoder-decoder one (mT5) the encoder (`loader` MT5EncoderModel); of an open_clip CLIP
+    (`open_clip:<arch>`) the Hugging Face transformer of its text tower, whose token states come before open_clip's
+    pooling and projection (the official code's mul_clip takes these `output_tokens`). The tokenizer is always a
+    transformers class read from the same repo. The spec's hidden_size sized the adapter before anything was
+    loaded, so the tower's real width is checked against it here, before any encoding."""
     source = encoder_source(spec, model_cache)
     tokenizer_cls = load_transformers_class(spec.tokenizer)
-    model_cls = load_transformers_class(spec.loader)
+    library, _, arch = spec.loader.partition(":")
     try:
         tokenizer = tokenizer_cls.from_pretrained(source)
-        model = load_weights_strictly(model_cls, source)
-    except OSError as e:
+        if library == "open_clip":
+            model = load_open_clip_text(arch, source, model_cache)
+        else:
+            model = load_weights_strictly(load_transformers_class(spec.loader), source)
+    except (OSError, ValueError) as e:  # ValueError: huggingface_hub's for an id that is neither repo nor folder
         raise PeaError(
             f"cannot load text encoder {source!r}: {e}", "check the hub id or path, or your HF_HOME cache"
         ) from e

@@ -1,5 +1,7 @@
 """One way to load every frozen model, whether it comes from the hub, a local path or a tiny build."""
 
+import contextlib
+import logging
 from pathlib import Path
 
 from pea.errors import PeaError
@@ -12,7 +14,12 @@ TOY_STUDENT = "toy-student-"
 
 
 def _built(name: str, model_cache: Path) -> Path:
-    """Folders of built-locally models: tiny ones, and the toy world's teacher and students."""
+    """Folders of built-locally models: tiny ones, the encoder variants' stand-ins, and the toy world's teacher
+    and students."""
+    from pea.models.tiny_encoders import VARIANT_STANDINS, ensure_variant_standin
+
+    if name in VARIANT_STANDINS:
+        return ensure_variant_standin(name, model_cache)
     if name == "toy" or name.startswith(TOY_STUDENT):
         from pea.toy.build import ensure_student, ensure_toy
 
@@ -22,7 +29,9 @@ def _built(name: str, model_cache: Path) -> Path:
 
 
 def is_built_locally(name: str) -> bool:
-    return name in tiny_names() or name == "toy" or name.startswith(TOY_STUDENT)
+    from pea.models.tiny_encoders import VARIANT_STANDINS
+
+    return name in tiny_names() or name in VARIANT_STANDINS or name == "toy" or name.startswith(TOY_STUDENT)
 
 
 def pipeline_source(preset: Preset, model_cache: Path) -> str:
@@ -102,7 +111,8 @@ def load_transformers_class(qualified: str):
 
     library, _, name = qualified.partition(":")
     if library != "transformers" or not hasattr(transformers, name):
-        raise PeaError(f"unsupported loader {qualified!r}", "use transformers:<ClassName>")
+        raise PeaError(f"unsupported loader {qualified!r}", "use transformers:<ClassName> (or, for a model, "
+                       "open_clip:<architecture>)")
     return getattr(transformers, name)
 
 
@@ -114,16 +124,68 @@ def load_weights_strictly(model_cls, source: str):
     checkpoint matches no key at all, and pea would distil from noise. So the loading report itself is checked.
     transformers already drops from it what is legitimately absent or left over: non-persistent buffers, and the
     `position_ids` that older checkpoints stored. Mismatched shapes are reported (not raised) to be named here.
+    The one other legitimate leftover is the decoder half of an encoder-decoder checkpoint read by an encoder
+    class (see `decoder_half`); a missing encoder weight is still refused.
     """
-    model, info = model_cls.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
-    problems = {"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+    with _held_load_report() as report:
+        model, info = model_cls.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
+    unused = decoder_half(model, source) if info["unexpected_keys"] else ()
+    problems = {"missing": sorted(info["missing_keys"]),
+                "unexpected": sorted(key for key in info["unexpected_keys"] if not key.startswith(unused)),
                 "mismatched": sorted(key for key, *_ in info["mismatched_keys"])}
     if any(problems.values()):
         counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems.items() if keys)
         first = ", ".join([key for keys in problems.values() for key in keys][:3])
+        report.release()
         raise PeaError(f"{source!r} does not fit {model_cls.__name__}: {counts} weights (e.g. {first})",
                        _class_fix(model_cls, source))
     return model
+
+
+class _LoadReport(logging.Filter):
+    """Holds back the table transformers logs after a load that did not match the checkpoint key for key. pea
+    decides from the loading info itself: a refused load shows the table with its error, an accepted one (an
+    encoder reading an encoder-decoder checkpoint) has nothing to report."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        for record in self.held:
+            logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def _held_load_report():
+    report = _LoadReport()
+    logger = logging.getLogger("transformers.modeling_utils")  # where transformers 5 logs the table
+    logger.addFilter(report)
+    try:
+        yield report
+    finally:
+        logger.removeFilter(report)
+
+
+def decoder_half(model, source: str) -> tuple[str, ...]:
+    """The key prefixes an encoder class leaves unread in a whole encoder-decoder checkpoint, on purpose: mT5 is
+    published as MT5ForConditionalGeneration (google/mt5-xl's config.json: `is_encoder_decoder` true), and its
+    student is the encoder alone. transformers itself ignores `decoder.*` for T5EncoderModel but reports it for
+    MT5EncoderModel (5.23), and the untied `lm_head` for both; this makes the two agree. The checkpoint's own
+    config.json says what it holds (the loaded encoder's config has is_encoder_decoder turned off). A model with
+    a decoder of its own, or from an encoder-only checkpoint, leaves nothing unread."""
+    from transformers import PretrainedConfig
+
+    held = PretrainedConfig.get_config_dict(source)[0]
+    if held.get("is_encoder_decoder") and not hasattr(model, "decoder"):
+        return ("decoder.", "lm_head.")
+    return ()
 
 
 def _class_fix(model_cls, source: str) -> str:
@@ -134,6 +196,59 @@ def _class_fix(model_cls, source: str) -> str:
     if held and held != model_cls.__name__:
         return f"use loader transformers:{held}, the class the checkpoint holds"
     return "the checkpoint does not match its own config.json: re-download it (delete it from the HF_HOME cache)"
+
+
+# the safetensors names open_clip looks for in a model folder, in its own order (open_clip 3.3,
+# factory._find_checkpoint_in_dir); its pickles (open_clip_pytorch_model.bin, the only weights of
+# laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k) pea does not load
+OPEN_CLIP_SAFETENSORS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+
+
+def load_open_clip_text(arch: str, source: str, model_cache: Path):
+    """The Hugging Face text transformer inside open_clip CLIP `arch` (e.g. XLM-R large in
+    xlm-roberta-large-ViT-H-14), its weights read from the safetensors in `source` (a hub id or folder).
+
+    open_clip builds the whole CLIP (the text tower's config read from its `hf_model_name`, a hub id or a
+    built-locally name resolved like any other) and loads the checkpoint with strict=True, so a missing or
+    unexpected weight raises; the vision tower is dropped after. A folder may hold its own `<arch>.json`, as the
+    built-locally stand-ins do: the real architectures are in open_clip's own table."""
+    import open_clip
+
+    weights = open_clip_weights(source)
+    own_arch = Path(weights).parent / f"{arch}.json"
+    if own_arch.is_file():
+        open_clip.add_model_config(own_arch)
+    config = open_clip.get_model_config(arch)
+    if config is None or "hf_model_name" not in config.get("text_cfg", {}):
+        raise PeaError(f"open_clip has no architecture {arch!r} with a Hugging Face text tower",
+                       "use one whose text_cfg names hf_model_name, e.g. open_clip:xlm-roberta-large-ViT-H-14")
+    text = config["text_cfg"]
+    text_cfg = dict(text, hf_model_name=model_source(text["hf_model_name"], model_cache), hf_model_pretrained=False)
+    try:
+        clip = open_clip.create_model(arch, pretrained=weights, require_pretrained=True, text_cfg=text_cfg)
+    except RuntimeError as e:  # load_state_dict(strict=True): missing, unexpected or mis-shaped weights
+        raise PeaError(f"{weights!r} does not fit open_clip {arch!r}: {' '.join(str(e).split())[:300]}",
+                       "the checkpoint is of another architecture: check the loader's open_clip:<arch>") from e
+    return clip.text.transformer
+
+
+def open_clip_weights(source: str) -> str:
+    """The safetensors checkpoint of an open_clip model: in the folder `source`, else fetched from the hub repo
+    `source` (only that file)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, allow_patterns=list(OPEN_CLIP_SAFETENSORS)))
+    for name in OPEN_CLIP_SAFETENSORS:
+        if (folder / name).is_file():
+            return str(folder / name)
+    pickles = sorted(path.name for path in folder.glob("*") if path.suffix in (".bin", ".pt", ".pth"))
+    raise PeaError(f"{source!r} holds no {' or '.join(OPEN_CLIP_SAFETENSORS)}"
+                   + (f", only the pickle {', '.join(pickles)}" if pickles else ""),
+                   "pea loads safetensors only: convert the pickle once (torch.load with weights_only=True, then "
+                   "safetensors.torch.save_file as open_clip_model.safetensors) into a folder with the repo's "
+                   "tokenizer.json, and give that folder as the encoder's id")
 
 
 def freeze(pipe):
