@@ -1,5 +1,7 @@
 """The leaderboard page: per language, the champion and the challenger from the MLflow registry with their
-MG/MC metrics, the gate's last word and their evaluation's sample grid. One self-contained HTML file."""
+MG/MC metrics, the gate's last word, the table of every system their evaluation scored (the paper's layout,
+pea/evaluate/table.py, read back from the training run's eval.* metrics) and its sample grid. One
+self-contained HTML file."""
 
 import base64
 import html
@@ -8,13 +10,15 @@ from pathlib import Path
 
 from pea import tracking
 from pea.errors import redact
+from pea.evaluate.systems import ALWAYS, BASELINES
+from pea.evaluate.table import from_run, table_html
 from pea.names import model_name
 from pea.registry import CHALLENGER, CHAMPION
 from pea.storage import write_files
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:6px 0}
 td,th{border:1px solid #ddd;padding:4px 8px}th{background:#f4f4f4}.none{color:#888}img{max-width:640px;margin:4px}
-.alias{font-weight:bold;color:#146c2e}"""
+.alias{font-weight:bold;color:#146c2e}td.best{font-weight:bold}tr.skipped td{color:#888}"""
 
 
 def _entries(tracking_uri: str, lang: str) -> list[tuple[str, object]]:
@@ -40,6 +44,16 @@ def _grid(tracking_uri: str, run_id: str) -> str | None:
         return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
+def _systems_table(tracking_uri: str, alias: str, version) -> str:
+    """Every system the version's evaluation scored or skipped, from its training run."""
+    data = tracking.client(tracking_uri).get_run(version.run_id).data
+    table = from_run(data.metrics, data.tags, list(ALWAYS + BASELINES))
+    if not table["rows"]:
+        return ""
+    return (f"<h3>{alias} v{version.version}: every system of its evaluation</h3>"
+            + table_html(table, version.tags.get("pea.primary"), version.tags.get("pea.guard")))
+
+
 def _section(tracking_uri: str, lang: str) -> str:
     entries = _entries(tracking_uri, lang)
     title = f"<h2>{html.escape(model_name(lang))}</h2>"
@@ -47,8 +61,9 @@ def _section(tracking_uri: str, lang: str) -> str:
         return title + "<p class='none'>no registered versions yet</p>"
     metrics = sorted({k.removeprefix("pea.metric.") for _, v in entries for k in v.tags if k.startswith("pea.metric.")})
     head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
-    rows, images = [], []
+    rows, images, tables = [], [], []
     for alias, v in entries:
+        tables.append(_systems_table(tracking_uri, alias, v))
         cells = "".join(f"<td>{html.escape(v.tags.get(f'pea.metric.{m}', '-'))}</td>" for m in metrics)
         gate = html.escape(f"{v.tags.get('pea.gate.decision', '')}: {v.tags.get('pea.gate.reason', '')}")
         rows.append(f"<tr><td class='alias'>{alias}</td><td>v{v.version}</td>"
@@ -58,7 +73,7 @@ def _section(tracking_uri: str, lang: str) -> str:
             images.append(f"<figure><img src='{grid}' alt='{alias} samples'><figcaption>{alias} v{v.version}: "
                           f"candidate, champion and baselines on sample prompts</figcaption></figure>")
     return (title + f"<table><tr><th>alias</th><th>version</th><th>training run</th>{head}<th>gate</th></tr>"
-            + "".join(rows) + "</table>" + "".join(images))
+            + "".join(rows) + "</table>" + "".join(tables) + "".join(images))
 
 
 def write_leaderboard(tracking_uri: str, langs: list[str], out: Path) -> Path:

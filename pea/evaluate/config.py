@@ -1,6 +1,6 @@
 """Evaluation settings, typed (no heavy imports: presets and the CLI read these)."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pea.languages import ModelRef
 
@@ -43,6 +43,21 @@ class EvalConfig(BaseModel):
     batch_size: int | None = Field(None, ge=1)  # None: the preset's
     max_prompts: int | None = Field(None, ge=1)  # per set; None: all of them
     report_prompts: int = Field(6, ge=1)  # prompts per set shown in the report
+    # scored beside the candidate and the champion (always), in this order: the base model's own baselines and
+    # external systems from pea/resources/systems.yaml (pea/evaluate/systems.py); one that cannot be scored is
+    # reported as skipped with the reason
+    systems: tuple[str, ...] = ("teacher_en", "translate", "altdiffusion-m18")
+
+    @field_validator("systems")
+    @classmethod
+    def _known_systems(cls, systems: tuple[str, ...]) -> tuple[str, ...]:
+        from pea.evaluate.systems import system_names
+
+        unknown = [s for s in systems if s not in system_names()]
+        if unknown or len(set(systems)) != len(systems):
+            raise ValueError(f"systems must be distinct names from {', '.join(system_names())} (candidate and "
+                             f"champion are always scored); got {', '.join(systems)}")
+        return systems
 
     def for_preset(self, preset) -> "EvalConfig":
         """This config with every field left to the preset filled from it (what the evaluation runs)."""

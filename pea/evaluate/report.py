@@ -1,6 +1,7 @@
 """The evaluation report a person opens to judge an adapter at a glance: one self-contained HTML page
-(images inlined) with the metrics table, sample prompts (native + English) with every system's image side by
-side, and the training curves; plus the same samples as one PNG grid."""
+(images inlined) with the metrics table in the paper's layout (pea/evaluate/table.py), sample prompts
+(native + English) with every system's image side by side, and the training curves; plus the same samples
+as one PNG grid."""
 
 import base64
 import html
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from pea.evaluate.run import SYSTEMS, EvalResult, image_path
+from pea.evaluate.run import EvalResult, image_path
+from pea.evaluate.table import table_html
 
 CELL = 160  # px per image in the grid and the page
 
@@ -18,7 +20,8 @@ def _data_uri(path: Path) -> str:
 
 
 def _systems(result: EvalResult) -> list[str]:
-    return [s for s in SYSTEMS if s in result.metrics]
+    """The systems that drew images, in the table's order."""
+    return [row["system"] for row in result.table["rows"] if "scores" in row]
 
 
 def _samples(result: EvalResult, n: int) -> dict[str, list]:
@@ -76,23 +79,6 @@ def write_curves(history: dict[str, list[tuple[int, float]]], out: Path) -> Path
     return out
 
 
-def _table(result: EvalResult) -> str:
-    systems = _systems(result)
-    names = sorted({k for m in result.metrics.values() for k in m})
-    head = "".join(f"<th>{html.escape(n)}{' (gate)' if n == result.primary else ''}"
-                   f"{' (guard)' if n == result.guard else ''}</th>" for n in names)
-    rows = []
-    for system in systems:
-        cells = []
-        for n in names:
-            value = result.metrics[system].get(n)
-            best = value is not None and value == max(m.get(n, float("-inf")) for m in result.metrics.values())
-            text = "–" if value is None else f"{value:.4f}"
-            cells.append(f"<td class='{'best' if best else ''}'>{text}</td>")
-        rows.append(f"<tr><th>{system}</th>{''.join(cells)}</tr>")
-    return f"<table><tr><th>system</th>{head}</tr>{''.join(rows)}</table>"
-
-
 def _gallery(result: EvalResult, n: int) -> str:
     systems = _systems(result)
     parts = []
@@ -112,7 +98,7 @@ def _gallery(result: EvalResult, n: int) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:center}td.best{font-weight:bold;background:#eaf6ea}
-td.prompt{text-align:left;max-width:320px}.note{color:#a33}"""
+td.prompt{text-align:left;max-width:320px}.note{color:#a33}tr.skipped td{color:#888;text-align:left}"""
 
 
 def write_report(result: EvalResult, folder: Path, title: str, history: dict, n: int) -> dict[str, Path]:
@@ -123,7 +109,8 @@ def write_report(result: EvalResult, folder: Path, title: str, history: dict, n:
     notes = "".join(f"<p class='note'>{html.escape(note)}</p>" for note in result.notes)
     curves_html = f"<h2>Training</h2><img src='{_data_uri(curves)}'>" if curves else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{notes}<h2>Metrics</h2>{_table(result)}"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{notes}<h2>Metrics</h2>"
+            f"{table_html(result.table, result.primary, result.guard)}"
             f"<p>The gate compares <b>{result.primary}</b> (higher is better) and guards <b>{result.guard}</b>.</p>"
             f"{_gallery(result, n)}{curves_html}</body></html>")
     (folder / "index.html").write_text(page, encoding="utf-8")

@@ -42,6 +42,8 @@ class EvalSummary(BaseModel):
     champion_version: str | None  # the champion scored beside the candidate
     champion_problem: str | None  # why the champion could not be scored
     config: EvalConfig
+    skipped: dict[str, str] = {}  # system of config.systems -> why it was not scored
+    table: dict = {}  # every system in the paper's layout (pea.evaluate.table.build_table)
     report: str  # URI of the report page
 
 
@@ -72,28 +74,40 @@ def _train_run(profile: Profile, language: Language, run_name: str):
     return run
 
 
+def _method(run) -> str:
+    """The training method of an MLflow training run (pea.train.config.TrainConfig.method, logged as a param)."""
+    return run.data.params.get("train.method", "pea")
+
+
 def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path) -> Path:
-    """The run's final adapter as a local folder (copied down from S3 when the root is remote)."""
+    """The run's final adapter as a local folder (copied down from S3 when the root is remote), with a
+    baseline's UNet part (pea.baselines.PART_FILES) when the run trained one."""
+    from pea.baselines import PART_FILES
+
     storage = profile.storage()
     parts = adapter_dir(language.code, run_name)
     if not storage.exists(*parts, "adapter.json"):
         raise PeaError(f"training run {run_name!r} has no final adapter under {storage.uri(*parts)}",
                        "let the training job finish (the same run name continues it)")
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("adapter.json", "adapter.safetensors"):
+    parts_saved = [name for name in PART_FILES if storage.exists(*parts, name)]
+    for name in ("adapter.json", "adapter.safetensors", *parts_saved):
         (dst / name).write_bytes(storage.read_bytes(*parts, name))
     return dst
 
 
-def _champion(profile: Profile, language: Language, dst: Path) -> tuple[str | None, Path | None, str | None]:
-    """(version, adapter folder, problem): the champion to compare against, if there is one."""
+def _champion(profile: Profile, language: Language, dst: Path,
+              method: str = "pea") -> tuple[str | None, Path | None, str | None]:
+    """(version, adapter folder, problem): the champion of the candidate's registered model (pea-<lang>, or
+    pea-<lang>-<method> for a baseline) to compare against, if there is one."""
     from pea.registry import CHAMPION, download_adapter, version_by_alias
 
-    version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION)
+    version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, method)
     if version is None:
         return None, None, None
     try:
-        folder = download_adapter(profile.mlflow_tracking_uri, names.model_name(language.code), version.version, dst)
+        folder = download_adapter(profile.mlflow_tracking_uri, names.model_name(language.code, method),
+                                  version.version, dst)
     except PeaError as e:
         return version.version, None, e.problem
     return version.version, folder, None
@@ -125,6 +139,8 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     from pea.evaluate.report import write_report
     from pea.evaluate.run import evaluate
     from pea.evaluate.suites import build_suite
+    from pea.evaluate.systems import load_external
+    from pea.evaluate.table import SKIPPED_TAG
     from pea.inference import PEAPipeline, check_fits
     run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     run = _train_run(profile, language, run_name)
@@ -134,7 +150,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     with lock, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
-        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion")
+        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion", _method(run))
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
         for folder in filter(None, (adapter, champion_dir)):
             check_fits(folder, language, preset)  # before the base model loads
@@ -145,10 +161,12 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
             return PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)
 
         suite = build_suite(preset, language, profile.model_cache).limit(cfg.max_prompts)
+        langs = {p.lang for prompts in suite.sets.values() for p in prompts}
+        external, skipped = load_external(cfg.systems, langs, preset, profile.model_cache, device)
         progress(f"evaluating {run_name} on {', '.join(f'{len(v)} {k.upper()}' for k, v in suite.sets.items())} prompts"
                  + (f" against champion v{champion_version}" if champion_dir else ""))
         result = evaluate(pipe, wrap(adapter), wrap(champion_dir) if champion_dir else None, suite, cfg,
-                          tmp / "images", progress, notes)
+                          tmp / "images", progress, notes, external, skipped)
         title = f"{names.model_name(language.code)}: {run_name} ({preset.name})"
         files = write_report(result, tmp / "report", title, _history(profile, run.info.run_id), cfg.report_prompts)
         summary = result.to_json() | {"run_name": run_name, "train_run_id": run.info.run_id, "preset": preset.name,
@@ -159,6 +177,8 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
         client = tracking.client(profile.mlflow_tracking_uri)
         client.log_batch(run.info.run_id, metrics=[Metric(f"eval.{system}.{k}", v, 0, 0)
                                                    for system, m in result.metrics.items() for k, v in m.items()])
+        for system, why in result.skipped.items():  # a skipped system's row in the run: its reason
+            client.set_tag(run.info.run_id, SKIPPED_TAG + system, why)
         client.log_artifacts(run.info.run_id, str(tmp / "report"), artifact_path="report")
         storage.write_json(summary, *eval_dir(language.code, run_name), "metrics.json")  # last: the stage's done-mark
     return EvalSummary(**summary, report=storage.uri(*eval_dir(language.code, run_name), "index.html"))
@@ -181,6 +201,7 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
         raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")
     summary = storage.read_json(*eval_dir(language.code, run_name), "metrics.json")
     run = _train_run(profile, language, run_name)
+    method = _method(run)
     candidate = summary["metrics"]["candidate"]
     primary, guard = summary["primary"], summary["guard"]
     tags = {k: run.data.tags.get(k, "unknown") for k in ("pea.data_digest", "pea.code_revision", "pea.student_encoder")}
@@ -191,9 +212,10 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
     with tempfile.TemporaryDirectory() as tmp:
         adapter = _adapter_copy(profile, language, run_name, Path(tmp) / "adapter")
         registered = register(profile.mlflow_tracking_uri, language.code, run.info.run_id, adapter, tags,
-                              {"lang": language.code, "preset": preset.name, "model_cache": str(profile.model_cache)})
+                              {"lang": language.code, "preset": preset.name, "model_cache": str(profile.model_cache)},
+                              method)
         shutil.rmtree(adapter)
-    champion = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION)
+    champion = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, method)
     if champion is not None and str(champion.version) == registered.version:
         decision = Decision(False, "this version is the champion already", {})
     else:
@@ -203,9 +225,10 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
             problem = f"the champion is v{champion.version} but this evaluation compared against {compared or 'none'}"
         decision = decide(candidate, summary["metrics"].get("champion") if champion else None, primary, guard, gate,
                           problem if champion is not None else None)
-        apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags())
+        apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags(),
+                       method)
     champion_version = registered.version if decision.promote else str(champion.version) if champion else None
-    return Registration(model=names.model_name(language.code), version=registered.version,
+    return Registration(model=names.model_name(language.code, method), version=registered.version,
                         new_version=registered.created, promoted=decision.promote, reason=decision.reason,
                         champion_version=champion_version, primary=primary, guard=guard, candidate=candidate,
                         champion=summary["metrics"].get("champion"))
