@@ -3,8 +3,6 @@ and optimizer_step) for a few steps on tiny-sdxl: which parameters moved (PEA: t
 to_k/to_v + bridge; lora: LoRA weights + bridge), what they save (diffusers formats a stock pipeline loads), how
 a candidate is loaded without touching the base pipeline, checkpoints, registry names and DDP synchronisation."""
 
-import socket
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sync_helpers import free_port, load_inputs, save_inputs
 
 from pea.adapter import CONFIG, WEIGHTS, PEAAdapter
 from pea.baselines import (
@@ -219,25 +218,6 @@ def test_baselines_register_apart_tagged_as_no_plug_ins(trained, tmp_path):
     assert (downloaded / LORA_FILE).read_bytes() == (folder / LORA_FILE).read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _save_inputs(folder: Path, batches: list[KDBatch], null: NullConditioning) -> None:
-    tensors = {f"null.{f.name}": getattr(null, f.name).contiguous() for f in fields(null)}
-    for r, batch in enumerate(batches):
-        tensors |= {f"{r}.{f.name}": getattr(batch, f.name).contiguous() for f in fields(batch) if f.name != "keys"}
-    save_file(tensors, folder / "inputs.safetensors")
-
-
-def _load_inputs(folder: Path, rank: int) -> tuple[KDBatch, NullConditioning]:
-    t = load_file(folder / "inputs.safetensors")
-    null = NullConditioning(**{f.name: t[f"null.{f.name}"] for f in fields(NullConditioning)})
-    batch = KDBatch(**{f.name: t[f"{rank}.{f.name}"] for f in fields(KDBatch) if f.name != "keys"}, keys=list("abcd"))
-    return batch, null
-
 
 def _rank(rank: int, world: int, port: int, folder: str, model_cache: str) -> None:
     """Both baselines trained STEPS steps through DDP: the first step's gradients and the final weights saved."""
@@ -248,7 +228,7 @@ def _rank(rank: int, world: int, port: int, folder: str, model_cache: str) -> No
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        batch, null = _load_inputs(Path(folder), rank)
+        batch, null = load_inputs(Path(folder), rank)
         for method in UNET_METHODS:
             _, module, models = _build(method, Path(model_cache))
             models.null = null
@@ -270,8 +250,8 @@ def _rank(rank: int, world: int, port: int, folder: str, model_cache: str) -> No
 
 def test_two_ranks_hold_one_baseline_trained_on_the_mean_gradient(model_cache, tmp_path):
     batches, null = _batches(model_cache, 2)
-    _save_inputs(tmp_path, batches, null)
-    torch.multiprocessing.start_processes(_rank, args=(2, _free_port(), str(tmp_path), str(model_cache)), nprocs=2,
+    save_inputs(tmp_path, batches, null)
+    torch.multiprocessing.start_processes(_rank, args=(2, free_port(), str(tmp_path), str(model_cache)), nprocs=2,
                                           start_method="spawn")
     for method in UNET_METHODS:
         ranks = [load_file(tmp_path / f"{method}.rank{r}.safetensors") for r in range(2)]

@@ -2,19 +2,17 @@
 two gloo processes on 127.0.0.1, without Ray: after N steps both ranks hold the same adapter, and the first
 step's gradient on every rank is the mean of the gradients each rank's batch gives alone."""
 
-import socket
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sync_helpers import free_port, load_inputs, save_inputs
 
 from pea.adapter import AdapterConfig, PEAAdapter
 from pea.distill import HookedUNet, KDConfig, kd_step, training_scheduler
 from pea.features import FeatureExtractor
-from pea.kd_types import KDBatch, NullConditioning
 from pea.languages import get_language
 from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
@@ -27,11 +25,6 @@ STEPS = 3
 KD = KDConfig(cfg_dropout=0.2)
 CFG = TrainConfig(batch_size=4, lr=1e-2, on_nonfinite="raise")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _models(model_cache: Path, null) -> SimpleNamespace:
@@ -47,21 +40,6 @@ def _adapter(batch) -> PEAAdapter:
                                     pooled_dim=preset.pooled_dim, hidden_dims=(32, 32)))
 
 
-def _save_inputs(folder: Path, batches: list[KDBatch], null: NullConditioning) -> None:
-    """The ranks' batches and the null conditioning as safetensors (tensors only: the keys are fixed)."""
-    tensors = {f"null.{f.name}": getattr(null, f.name).contiguous() for f in fields(null)}
-    for r, batch in enumerate(batches):
-        tensors |= {f"{r}.{f.name}": getattr(batch, f.name).contiguous() for f in fields(batch) if f.name != "keys"}
-    save_file(tensors, folder / "inputs.safetensors")
-
-
-def _load_inputs(folder: Path, rank: int) -> tuple[KDBatch, NullConditioning]:
-    t = load_file(folder / "inputs.safetensors")
-    null = NullConditioning(**{f.name: t[f"null.{f.name}"] for f in fields(NullConditioning)})
-    batch = KDBatch(**{f.name: t[f"{rank}.{f.name}"] for f in fields(KDBatch) if f.name != "keys"}, keys=list("abcd"))
-    return batch, null
-
-
 def _rank(rank: int, world: int, port: int, folder: str, model_cache: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -70,7 +48,7 @@ def _rank(rank: int, world: int, port: int, folder: str, model_cache: str) -> No
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        batch, null = _load_inputs(Path(folder), rank)
+        batch, null = load_inputs(Path(folder), rank)
         models = _models(Path(model_cache), null)
         adapter = _adapter(batch)
         model = DistributedDataParallel(adapter)
@@ -98,9 +76,9 @@ def test_two_ranks_hold_one_adapter_trained_on_the_mean_gradient(model_cache, tm
                          ["빨간 원", "파란 사각형", "한복", "별"], torch.tensor([0, 0, 1, 0]), keys=list("abcd"))
                for r in range(2)]
     null = extractor.null()
-    _save_inputs(tmp_path, batches, null)
+    save_inputs(tmp_path, batches, null)
 
-    torch.multiprocessing.start_processes(_rank, args=(2, _free_port(), str(tmp_path), str(model_cache)), nprocs=2,
+    torch.multiprocessing.start_processes(_rank, args=(2, free_port(), str(tmp_path), str(model_cache)), nprocs=2,
                                           start_method="spawn")
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     weights = [k for k in ranks[0] if k.startswith("weight.")]
