@@ -37,13 +37,12 @@ can compare the loaded weights with it.
 import hashlib
 import io
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from pea.models.build_once import build_once
 from pea.models.clip_vocab import write_clip_tokenizer_files
 
 IMAGE = 28
@@ -237,15 +236,5 @@ def ensure_variant_standin(name: str, model_cache: Path) -> Path:
     temporary name, then renamed). Kept apart from it because that module's source is part of the toy world's
     digest: registering these there would rebuild the toy world. The marker is this module's digest, so a
     changed stand-in is rebuilt."""
-    target = Path(model_cache) / name
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    marker = target / ".complete"
-    if marker.exists() and marker.read_text().strip() == digest:
-        return target
-    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    VARIANT_STANDINS[name](tmp)
-    (tmp / ".complete").write_text(digest + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    return build_once(Path(model_cache) / name, hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+                      VARIANT_STANDINS[name])

@@ -13,13 +13,13 @@ width (32), as 1024 and 1024 would not: a UNet wired to the wrong width fails th
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from pea.errors import PeaError
+from pea.models.build_once import build_once
 from pea.models.tiny_encoders import _SENTENCES, _save_bin
 from pea.resources import resource_path
 
@@ -31,18 +31,7 @@ def ensure_standin(name: str, model_cache: Path) -> Path:
     a temporary name and renamed, so an interrupted build never leaves half a model behind."""
     if name not in STANDINS:
         raise PeaError(f"pea builds no system stand-in {name!r}", f"use one of: {', '.join(STANDINS)}")
-    target = Path(model_cache) / name
-    digest = _digest(name)
-    marker = target / ".complete"
-    if marker.exists() and marker.read_text().strip() == digest:
-        return target
-    tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_tiny_altdiffusion(tmp)
-    (tmp / ".complete").write_text(digest + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    return build_once(Path(model_cache) / name, _digest(name), save_tiny_altdiffusion)
 
 
 def _digest(name: str) -> str:
