@@ -39,6 +39,7 @@ from pea.data.cache import Encoders, cache_features
 from pea.layout import features_dir
 from pea.cluster import connect
 from pea.data.harvest import HarvestConfig, harvest
+from pea.data.index import indexed_shards
 from pea.data.parallel import RayData
 from pea.data.loader import BucketBatchLoader
 from pea.data.records import features_batch
@@ -116,7 +117,8 @@ def loader_and_kd_rates(tmp: Path, n: int, batch: int, model_cache: Path) -> tup
     student = load_text_encoder(preset.student_for(get_language("ko")), model_cache)
     text = TextFeatures(pipe, student)
     features = cache_features(storage, "ko", preset.name, lambda: Encoders(pipe.vae, batch_size=64), dtype=torch.float16)
-    loader = BucketBatchLoader(storage, features_dir("ko", preset.name), features["shards"], batch,
+    shards = indexed_shards(storage, features_dir("ko", preset.name), features)
+    loader = BucketBatchLoader(storage, features_dir("ko", preset.name), shards, batch,
                                features_batch, shuffle_buffer=256)
     start = time.perf_counter()
     batches = [b for _, b in loader()]
@@ -174,7 +176,8 @@ def pipeline_rate(tmp: Path, folder: Path, workers: int) -> tuple[float, int]:
     shards = bucket(storage, "ko", BucketConfig(side=512, step=64, samples_per_shard=64), mapper=mapper)
     features = cache_features(storage, "ko", "sdxl", SlimSDXLVAE(), dtype=torch.float16, mapper=mapper)
     rate = shards["samples"] / (time.perf_counter() - start)
-    return rate, sample_bytes(storage, features_dir("ko", "sdxl"), features["shards"], (512, 512))
+    prefix = features_dir("ko", "sdxl")
+    return rate, sample_bytes(storage, prefix, indexed_shards(storage, prefix, features), (512, 512))
 
 
 def sample_bytes(storage: Storage, prefix: tuple[str, ...], shards: list[dict], size: tuple[int, int]) -> float:

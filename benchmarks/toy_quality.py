@@ -2,6 +2,7 @@
 
     uv run python benchmarks/toy_quality.py --all-languages
     uv run python benchmarks/toy_quality.py --lang ko --ablation     # paper Table 2 rows, as a table
+    uv run python benchmarks/toy_quality.py --lang ko --baselines    # PEA against Wk/Wv, LoRA, multilingual
 
 Per language: the toy data (seen scenes only) through harvest, translate, bucket and cache, the adapter
 through `pea.train.run.train_adapter` (Ray Train, the `toy` preset's defaults: what `pea train` runs), then
@@ -9,6 +10,11 @@ through `pea.train.run.train_adapter` (Ray Train, the `toy` preset's defaults: w
 candidate), and the same evaluation of an untrained adapter. The last line is one JSON object:
 {"chance": c, "languages": {"ko": {"teacher_heldout", "heldout", "seen", "culture", "culture_translate",
 "untrained", "heads", "minutes"}, ...}} (with --ablation: {"chance", "lang", "methods": {method: ...}}).
+With --baselines, on --lang: PEA, the fine-tuning baselines `wkwv` and `lora` (pea.baselines: the SD loss on
+the language's data, part of the UNet trained) and the multilingual adapter (trained on English only) asked
+in the same language, so its held-out and culture scores compare with the language's own PEA row; the last
+line is {"methods": {"pea": {"heldout", "culture", "seen", "teacher_heldout", "culture_translate", "heads",
+"minutes", "adapter", "asked_in"}, "wkwv": ..., "lora": ..., "multilingual": ...}}.
 The stages and the measuring are pea.toy.quality.measure, which tests/test_toy_quality.py runs too.
 """
 
@@ -22,7 +28,11 @@ from pea.profiles import load_profile
 from pea.run_config import build_run_config
 from pea.toy.judge import CHANCE
 from pea.toy.quality import measure
-from pea.toy.world import TOY_LANGS
+from pea.toy.world import LANGS, MULTILINGUAL, TOY_LANGS
+
+# --baselines: row -> (the adapter's language, None for --lang; its training method)
+BASELINES = {"pea": (None, "pea"), "wkwv": (None, "wkwv"), "lora": (None, "lora"),
+             "multilingual": (MULTILINGUAL, "pea")}
 
 
 def with_method(config, method: str):
@@ -51,15 +61,30 @@ def print_ablation(rows: dict) -> None:
               f"| {r['culture']:.3f} | {r['minutes']:.1f} |")
 
 
+def baselines(profile, lang: str, config) -> dict:
+    """Every row of BASELINES trained and scored, each asked in `lang`."""
+    rows = {}
+    for row, (adapter_lang, method) in BASELINES.items():
+        adapter_lang = adapter_lang or lang
+        scores = measure(profile, adapter_lang, with_method(config, method), untrained=False,
+                         asked_in=lang if adapter_lang != lang else None)
+        rows[row] = scores.model_dump(exclude={"untrained"}) | {"adapter": adapter_lang, "asked_in": lang}
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lang", default="ko", choices=TOY_LANGS)
     parser.add_argument("--all-languages", action="store_true", help=f"every toy language: {', '.join(TOY_LANGS)}")
     parser.add_argument("--method", default="pea", choices=list(ABLATIONS))
     parser.add_argument("--ablation", action="store_true", help="train every row of pea.distill.ABLATIONS on --lang")
+    parser.add_argument("--baselines", action="store_true",
+                        help=f"train and score {', '.join(BASELINES)} on --lang (one of {', '.join(LANGS)})")
     parser.add_argument("--config", type=Path, default=None, help="a run config YAML (default: the built-in one)")
     parser.add_argument("--model-cache", default="pea-data/models", help="where the toy world is built or found")
     args = parser.parse_args()
+    if args.baselines and args.lang not in LANGS:
+        parser.error(f"--baselines asks every adapter in --lang: one of {', '.join(LANGS)}")
     config = build_run_config(args.config, {"preset": "toy"})
     with tempfile.TemporaryDirectory() as data_dir:
         profile = load_profile("local", env={}, cwd=Path(data_dir))
@@ -67,7 +92,11 @@ def main():
         kept = Path(args.model_cache).resolve()
         kept.mkdir(parents=True, exist_ok=True)  # a first run from any folder: no dangling link
         profile.model_cache.symlink_to(kept)  # the world is built once, kept here
-        if args.ablation:
+        if args.baselines:
+            rows = baselines(profile, args.lang, config)
+            print_ablation(rows)
+            out = {"methods": rows}
+        elif args.ablation:
             rows = {m: measure(profile, args.lang, with_method(config, m), untrained=False).model_dump()
                     for m in ABLATIONS}
             print_ablation(rows)

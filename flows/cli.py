@@ -363,7 +363,7 @@ def cache(
     run = _run(config, preset, data__cache_batch=batch_size, data__cache_text=text)
     manifest = cache_stage(_profile(profile), get_language(lang), _preset(run), run.data.cache_batch,
                            run.data.cache_text, lines(typer.echo))
-    typer.echo(f"cached {len(manifest['shards'])} shards ({manifest['dtype']}, "
+    typer.echo(f"cached {manifest['index']['shards']} shards ({manifest['dtype']}, "
                f"{manifest['bytes_per_sample'] / 1000:.1f} KB a sample)")
 
 
@@ -374,6 +374,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per worker per step.")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (default: the preset's).")] = None,
     method: Annotated[str | None, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = None,
+    encoder_variant: Annotated[str | None, typer.Option(help="Train on one of the language's other encoders "
+                                                        "(multilingual-clip, mt5) instead of its own.")] = None,
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; the same name resumes that run.")] = None,
     override_config: Annotated[bool, typer.Option(help="Resume a run even though its config changed.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the run's Ray job instead (a profile with "
@@ -386,28 +388,62 @@ def train(
     """Train the language's adapter on existing shards (Ray Train; workers and GPUs from the profile). With a Ray
     Jobs API in the profile the training is a Ray job: Ctrl-C stops waiting for it, not the job, and the same
     command attaches to it again."""
+    run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr, train__method=method,
+               train__encoder_variant=encoder_variant, train__run_name=run_name)
+    result = _train_job(run, lang, profile, stop, override_config)
+    if result is not None:
+        typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
+                   f"MLflow run {result.mlflow_run_id}")
+
+
+def _train_job(run, lang: str, profile: str, stop: bool, override_config: bool):
+    """Run (or, with `stop`, stop) the training job `run.train` describes; its TrainResult, None when stopping."""
     from pea.languages import get_language
-    from pea.names import run_name as default_run_name
     from pea.profiles import check_mlflow
     from pea.train.config import TrainSwitches
     from pea.train.run import train_adapter
 
-    run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr, train__method=method,
-               train__run_name=run_name)
     language, prof = get_language(lang), _profile(profile)
     if stop:
         from pea.train.jobs import stop_training
 
-        name = run.train.run_name or default_run_name(language.code, run.preset, method=run.train.method)
+        name = run.train.job_name(language.code, run.preset)
         stopped = stop_training(prof, language.code, name)
         typer.echo(f"stopping training job {stopped}" if stopped else f"no training job of {name} is running")
-        return
+        return None
     check_mlflow(prof.mlflow_tracking_uri)  # before the models are built and Ray starts
     switches = TrainSwitches(progress="bar" if sys.stderr.isatty() else "log")
-    result = train_adapter(prof, language, _preset(run), run.train, switches, override_config,
-                           job_log=lambda line: typer.echo(line, err=True))
-    typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "
-               f"MLflow run {result.mlflow_run_id}")
+    return train_adapter(prof, language, _preset(run), run.train, switches, override_config,
+                         job_log=lambda line: typer.echo(line, err=True))
+
+
+@app.command()
+def compress(
+    recipe: Annotated[str, typer.Option(help="The student's architecture: a recipe of pea/resources/compress.yaml "
+                                        "(bk-sdm-base/small/tiny/midless for SD1.5; sdxl-small/tiny/midless, "
+                                        "ssd-1b for SDXL).")],
+    lang: Annotated[str, typer.Option("--lang", help="Whose data to distil on: its English captions (the "
+                                      "teacher's conditioning) and images.")],
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps (default: the run config's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per worker per step.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Peak learning rate (default: the preset's; BK-SDM "
+                                             "used 5e-5).")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Ray Train run name (default: pea-unet-<recipe>-<preset>); "
+                                                 "the same name resumes that run.")] = None,
+    override_config: Annotated[bool, typer.Option(help="Resume a run even though its config changed.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the run's Ray job instead.")] = False,
+    profile: ProfileOpt = "local",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+):
+    """Distil a block-removed student UNet from the preset's UNet (BK-SDM: SD loss + output KD + feature KD) with
+    the training engine adapters use (Ray Train, checkpoints, resume); the student is saved as a diffusers UNet."""
+    run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr,
+               train__method="compress", train__recipe=recipe, train__run_name=run_name)
+    result = _train_job(run, lang, profile, stop, override_config)
+    if result is not None:
+        typer.echo(f"distilled {result.run_name}: {result.steps} steps, student UNet at {result.adapter_uri}/unet "
+                   f"(UNet2DConditionModel.from_pretrained loads it), MLflow run {result.mlflow_run_id}")
 
 
 @app.command()

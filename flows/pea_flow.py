@@ -29,13 +29,12 @@ from pea.evaluate.config import EvalConfig, GateConfig
 from pea.evaluate.stage import EvalSummary, Registration
 from pea.languages import Language, get_language
 from pea.languages import registry as languages
-from pea.names import run_name
 from pea.presets import Preset, get_preset
 from pea.profiles import Profile, check_mlflow, load_profile
 from pea.progress import STAGE, STAGE_DONE
 from pea.run_config import RunConfig
 from pea.stages import default_sources, harvested_sources
-from pea.train.config import TrainSwitches
+from pea.train.config import TrainConfig, TrainSwitches
 from tasks.data import bucket_shards, cache_features, harvest_source, translate_captions
 from tasks.evaluation import evaluate_adapter, register_adapter
 from tasks.progress import reporter
@@ -89,10 +88,10 @@ def evaluate(profile: Profile, language: Language, preset: Preset, run_name: str
     return summary, registration
 
 
-def run_name_for(lang: str, preset: str, method: str) -> str:
+def run_name_for(lang: str, preset: str, train: TrainConfig) -> str:
     """One training job per flow run: a retry of the flow run keeps it, a new flow run gets a new one."""
     run_id = flow_run.get_id()
-    return run_name(lang, preset, run_id[:8] if run_id else None, method=method)
+    return train.job_name(lang, preset, run_id[:8] if run_id else None)
 
 
 @flow(name="pea")
@@ -114,7 +113,7 @@ def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> 
         shards = bucket_shards(prof, language, preset, captions)
     with stage("cache"):
         features = cache_features(prof, language, preset, config.data.cache_batch, config.data.cache_text, shards)
-    train_cfg = config.train.model_copy(update={"run_name": config.train.run_name or run_name_for(language.code, preset.name, config.train.method)})
+    train_cfg = config.train.model_copy(update={"run_name": run_name_for(language.code, preset.name, config.train)})
     with stage("train"):
         trained = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))
     summary, registration = evaluate(prof, language, preset, trained.run_name, config.eval, config.gate)

@@ -49,6 +49,9 @@ class AdapterConfig(BaseModel):
     hidden_dims: tuple[Width, ...] = Field((1024, 1024), min_length=1, max_length=MAX_HIDDEN_LAYERS)
     language: str | None = None
     student_encoder: str | None = None
+    # the language's encoder variant it was trained on (pea.languages), None: the language's own encoder; left out
+    # of adapter.json when None, so a default adapter's file stays what older pea versions read
+    encoder_variant: str | None = Field(None, exclude_if=lambda v: v is None)
     base_model: str | None = None
 
 
@@ -101,7 +104,7 @@ def _expect(name: str, got, want, fix: str) -> None:
         raise PeaError(f"adapter {name} is {got}, but this model needs {want}", fix)
 
 
-def _read_config(folder: Path) -> AdapterConfig:
+def read_config(folder: Path) -> AdapterConfig:
     """The adapter.json of `folder`, validated (widths bounded): reads no weights, so it is instant."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
@@ -164,7 +167,7 @@ def load_adapter(
     """Load an adapter and check it fits the encoder (input_dim), the UNet (context/pooled) and the language.
     Everything is checked from adapter.json and the weights' header before any tensor is allocated."""
     folder = Path(folder)
-    config = _read_config(folder)
+    config = read_config(folder)
     _check_config(config, input_dim, context_dim, pooled_dim, language)
     state = _read_weights(folder / WEIGHTS, config)
     adapter = PEAAdapter(config)

@@ -10,11 +10,11 @@ a copy of the pipeline whose UNet carries them, and the pipeline it was given st
 
 from pathlib import Path
 
-from pea.adapter import AdapterConfig, load_adapter
+from pea.adapter import AdapterConfig, load_adapter, read_config
 from pea.baselines import candidate_pipeline
 from pea.conditioning import StudentConditioner, check_prompts, is_sdxl, null_is_zeros
 from pea.errors import PeaError
-from pea.languages import Language
+from pea.languages import EncoderSpec, Language
 from pea.models.encoders import load_text_encoder
 from pea.models.loading import load_pipeline
 from pea.presets import Preset
@@ -48,14 +48,14 @@ class PEAPipeline:
 
     @classmethod
     def wrap(cls, pipe, adapter_dir: Path, language: Language, preset: Preset, model_cache: Path) -> "PEAPipeline":
-        """Attach the adapter at `adapter_dir` and the language's student encoder to an existing pipeline; for a
-        baseline, to a copy of it with the baseline's UNet (pea.baselines.candidate_pipeline), so that `pipe`
+        """Attach the adapter at `adapter_dir` and the student encoder it was trained on to an existing pipeline;
+        for a baseline, to a copy of it with the baseline's UNet (pea.baselines.candidate_pipeline), so that `pipe`
         can go on serving other systems unchanged."""
-        spec = preset.student_for(language)
+        spec = student_spec(adapter_dir, language, preset)
         context = pipe.unet.config.cross_attention_dim
         pooled = pipe.text_encoder_2.config.projection_dim if is_sdxl(pipe) else None
         adapter = load_adapter(adapter_dir, spec.hidden_size, context, pooled, language.code)
-        _check_encoder(adapter.config, preset, language)
+        _check_encoder(adapter.config, spec, preset)
         encoder = load_text_encoder(spec, model_cache).to(pipe.device)
         adapter = adapter.to(pipe.device, pipe.unet.dtype).eval().requires_grad_(False)
         pipe = candidate_pipeline(pipe, adapter_dir)
@@ -71,13 +71,20 @@ def check_fits(adapter_dir: Path, language: Language, preset: Preset) -> None:
     """Refuse a broken adapter, or one that does not fit `preset`, from the adapter (a few MB) and the preset's
     widths alone, before any model is loaded: a real base model takes ~30 s to load, only for `wrap` to refuse
     the adapter then."""
-    spec = preset.student_for(language)
+    spec = student_spec(adapter_dir, language, preset)
     adapter = load_adapter(adapter_dir, spec.hidden_size, preset.context_dim, preset.pooled_dim, language.code)
-    _check_encoder(adapter.config, preset, language)
+    _check_encoder(adapter.config, spec, preset)
 
 
-def _check_encoder(config: AdapterConfig, preset: Preset, language: Language) -> None:
-    spec = preset.student_for(language)
+def student_spec(adapter_dir: Path, language: Language, preset: Preset) -> EncoderSpec:
+    """The student encoder the adapter was trained on, on `preset`: the language's own, or the encoder variant its
+    adapter.json names (pea.train.config.TrainConfig.encoder_variant), which needs another model loaded."""
+    return preset.student_for(language, read_config(adapter_dir).encoder_variant)
+
+
+def _check_encoder(config: AdapterConfig, spec: EncoderSpec, preset: Preset) -> None:
+    """The variant's name picks the encoder; its id, recorded too, must be the preset's (a real preset's adapter
+    on a tiny preset names the same variant but another model)."""
     if config.student_encoder and config.student_encoder != spec.id:
         raise PeaError(
             f"adapter was trained on encoder {config.student_encoder!r}, the {preset.name} preset uses {spec.id!r}",

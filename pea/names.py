@@ -32,13 +32,27 @@ def name_type(what: str):
 UNET_METHODS = ("wkwv", "lora")
 
 
-def model_name(lang: str, method: str = "pea") -> str:
+def model_name(lang: str, method: str = "pea", encoder_variant: str | None = None) -> str:
     """The registered model of a language's adapters (`pea-<lang>`: PEA and its ablations, plug-ins all), and the
-    MLflow experiment of its training runs; a baseline that changes the UNet registers as `pea-<lang>-<method>`."""
-    return f"pea-{lang}-{method}" if method in UNET_METHODS else f"pea-{lang}"
+    MLflow experiment of its training runs; a baseline that changes the UNet registers as `pea-<lang>-<method>`.
+    An adapter on one of the language's encoder variants (pea.languages) needs that encoder, not the language's
+    own, so it registers apart too: `pea-<lang>-<variant>` (`pea-<lang>-<method>-<variant>` for a baseline)."""
+    parts = ["pea", lang, *([method] if method in UNET_METHODS else []), *([encoder_variant] if encoder_variant else [])]
+    return "-".join(parts)
 
 
-def run_name(lang: str, preset: str, suffix: str | None = None, method: str = "pea") -> str:
+def run_name(lang: str, preset: str, suffix: str | None = None, method: str = "pea",
+             encoder_variant: str | None = None) -> str:
     """A training job's name (the same name resumes the job): per language, preset and registered model, plus a
     suffix such as the flow run's id when every flow run trains its own candidate."""
-    return f"{model_name(lang, method)}-{preset}" + (f"-{suffix}" if suffix else "")
+    return f"{model_name(lang, method, encoder_variant)}-{preset}" + (f"-{suffix}" if suffix else "")
+
+
+def compress_model_name(recipe: str) -> str:
+    """A compressed student UNet's registered model (pea.compress): `pea-unet-<recipe>`, of no language."""
+    return f"pea-unet-{recipe}"
+
+
+def compress_run_name(recipe: str, preset: str, suffix: str | None = None) -> str:
+    """A compression job's name: per recipe and teacher preset (the data's language is not part of it)."""
+    return f"{compress_model_name(recipe)}-{preset}" + (f"-{suffix}" if suffix else "")

@@ -49,12 +49,12 @@ def method_tags(method: str) -> dict[str, str]:
             "pea.plug_in": str(not changes_unet).lower()}
 
 
-def version_by_alias(tracking_uri: str, lang: str, alias: str, method: str = "pea"):
+def version_by_alias(tracking_uri: str, lang: str, alias: str, method: str = "pea", encoder_variant: str | None = None):
     """The model version behind `alias`, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(tracking_uri).get_model_version_by_alias(model_name(lang, method), alias)
+        return client(tracking_uri).get_model_version_by_alias(model_name(lang, method, encoder_variant), alias)
     except MlflowException:
         return None
 
@@ -115,15 +115,16 @@ class Registered:
 
 
 def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags: dict[str, str],
-             model_config: dict, method: str = "pea") -> Registered:
+             model_config: dict, method: str = "pea", encoder_variant: str | None = None) -> Registered:
     """Log the adapter folder (a baseline's UNet part with it) as a pyfunc model on the training run and register
-    it as a version of `model_name(lang, method)`; idempotent per run. The new version gets `challenger`."""
+    it as a version of `model_name(lang, method, encoder_variant)`; idempotent per run. The new version gets
+    `challenger`."""
     import mlflow
 
     from pea.resources import resource_path
     from pea.serving import requirements
 
-    mlflow_client, name = client(tracking_uri), model_name(lang, method)
+    mlflow_client, name = client(tracking_uri), model_name(lang, method, encoder_variant)
     tags = tags | method_tags(method)
     existing = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
@@ -141,8 +142,8 @@ def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags:
 
 
 def apply_decision(tracking_uri: str, lang: str, version: str, promote: bool, tags: dict[str, str],
-                   method: str = "pea") -> None:
-    mlflow_client, name = client(tracking_uri), model_name(lang, method)
+                   method: str = "pea", encoder_variant: str | None = None) -> None:
+    mlflow_client, name = client(tracking_uri), model_name(lang, method, encoder_variant)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     if promote:

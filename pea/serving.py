@@ -22,14 +22,16 @@ class PEAPyfunc(mlflow.pyfunc.PythonModel):
 
         from pea.adapter import load_adapter
         from pea.conditioning import StudentConditioner
+        from pea.inference import student_spec
         from pea.languages import get_language
         from pea.models.encoders import load_text_encoder
         from pea.presets import get_preset
 
         config = context.model_config
         language, preset = get_language(config["lang"]), get_preset(config["preset"])
-        spec = preset.student_for(language)
-        adapter = load_adapter(Path(context.artifacts["adapter"]), spec.hidden_size, language=language.code)
+        folder = Path(context.artifacts["adapter"])
+        spec = student_spec(folder, language, preset)  # the encoder variant the adapter was trained on, if any
+        adapter = load_adapter(folder, spec.hidden_size, language=language.code)
         encoder = load_text_encoder(spec, Path(config["model_cache"]))
         self.conditioner = StudentConditioner(encoder, adapter.eval(), zero_null=False)
 

@@ -113,6 +113,14 @@ class Storage:
         prefix = self.base.rstrip("/") + "/"
         return sorted(p.removeprefix(prefix) for p in self.fs.glob(self.path(*parts)))
 
+    def listing(self, *parts: str) -> set[str]:
+        """Every file under a folder, at any depth, by its path relative to that folder (empty when there is no
+        such folder). On S3 this is one paginated ListObjectsV2 however many files there are, where an `exists`
+        per file is a HEAD request each and a glob lists each subfolder: a stage resuming 250 k units of work
+        finds the finished ones with a few hundred requests instead of 250 k."""
+        folder = self.path(*parts).rstrip("/")
+        return {p.removeprefix(folder + "/") for p in self.fs.find(folder)}
+
     def makedirs(self, *parts: str) -> None:
         if not self.is_local:
             return

@@ -1,6 +1,10 @@
 """The data stages as Prefect tasks. Harvest touches the network (image URLs, S3), so it retries with
 backoff; every stage is cached on its inputs, which include the upstream stage's manifest, so a re-run skips
-finished stages and redoes the ones whose input changed, and a stage whose output was deleted runs again."""
+finished stages and redoes the ones whose input changed, and a stage whose output was deleted runs again.
+
+A task's result is its stage's manifest, which Prefect stores and passes on: bucket's and cache's are summaries
+that name their shard index (pea.data.index) and its sha256, so they stay a few hundred bytes at any shard count
+and still change whenever the shards do."""
 
 import functools
 import inspect

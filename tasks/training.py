@@ -58,7 +58,7 @@ def training_progress(profile: Profile, lang: str, run_name: str, steps: int, pr
 
 def _adapter(language: Language, preset: Preset, cfg: TrainConfig, **_) -> tuple[str, ...]:
     """The file the job writes last: the final adapter's weights."""
-    return adapter_dir(language.code, cfg.run_name or names.run_name(language.code, preset.name, method=cfg.method), WEIGHTS)
+    return adapter_dir(language.code, cfg.job_name(language.code, preset.name), WEIGHTS)
 
 
 @cached_while_output_exists(_adapter)
@@ -66,7 +66,7 @@ def _adapter(language: Language, preset: Preset, cfg: TrainConfig, **_) -> tuple
 def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig, features: dict,
                   switches: TrainSwitches = TrainSwitches()) -> TrainResult:
     """`switches` (progress display, test hooks) are left out of the cache key: they do not change the result."""
-    run_name = cfg.run_name or names.run_name(language.code, preset.name, method=cfg.method)
+    run_name = cfg.job_name(language.code, preset.name)
     progress = reporter(f"training {run_name}")
     with training_progress(profile, language.code, run_name, cfg.steps, progress):
         result = train(profile, language, preset, cfg, switches, job_log=get_run_logger().info)

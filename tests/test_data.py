@@ -16,6 +16,7 @@ from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest
 from pea.data.cache import Encoders, cache_features, load_null
 from pea.layout import features_dir
 from pea.data.harvest import HarvestConfig, harvest
+from pea.data.index import indexed_shards
 from pea.data.loader import BucketBatchLoader
 from pea.data.records import features_batch, image_batch
 from pea.data.shards import bucket
@@ -186,7 +187,7 @@ def test_culture_sources_are_not_translated(tmp_path):
 
 def _keys(storage, lang, manifest):
     keys = []
-    for s in manifest["shards"]:
+    for s in indexed_shards(storage, (lang, "shards"), manifest):
         keys += [x["__key__"] for x in iter_samples(storage.open(lang, "shards", *s["path"].split("/")), "t")]
     return keys
 
@@ -200,7 +201,7 @@ def test_bucketing_drops_and_counts_broken_and_tiny_images(tmp_path):
     manifest = bucket(storage, "ko", SMALL)
     assert manifest["dropped"] == {"broken": 1, "too_large": 0, "tiny": 1, "no_caption": 0}
     assert manifest["samples"] == 4 and len(manifest["buckets"]) == 2
-    for s in manifest["shards"]:
+    for s in indexed_shards(storage, ("ko", "shards"), manifest):
         for x in iter_samples(storage.open("ko", "shards", *s["path"].split("/")), "t"):
             meta = json.loads(x["json"])
             assert Image.open(io.BytesIO(x["jpg"])).size == tuple(meta["bucket"]) == tuple(s["bucket"])
@@ -252,9 +253,14 @@ def _chain(storage, tmp_path, encoders, n=16, progress=quiet):
                                   progress=progress)
 
 
+def _rows(storage, features):
+    """The feature shards' index rows (pea.data.index)."""
+    return indexed_shards(storage, features_dir("ko", "tiny-sdxl"), features)
+
+
 def _check_loader(storage, features):
     make = lambda rank=0, world=1: BucketBatchLoader(  # noqa: E731
-        storage, features_dir("ko", "tiny-sdxl"), features["shards"], batch_size=2,
+        storage, features_dir("ko", "tiny-sdxl"), _rows(storage, features), batch_size=2,
         collate=features_batch, rank=rank, world_size=world, seed=7, shuffle_buffer=3)
     full = list(make()())
     assert len(full) == make().batches_per_epoch() > 0
@@ -279,13 +285,16 @@ def test_the_whole_chain_on_a_local_root(tmp_path, tiny_sdxl, monkeypatch):
     shards, features = _chain(storage, tmp_path, Encoders(tiny_sdxl.vae, batch_size=5), progress=cached)
     assert features["source_digest"] == shards["digest"] and features["text_embeddings"] is False
     assert not [parts for parts in read if "features" in parts]  # hashed before the upload, never read back
-    for s in features["shards"]:
-        assert s["sha256"] == hashlib.sha256(read_bytes(storage, "ko", "features", "tiny-sdxl", *s["path"].split("/"))).hexdigest()
-    n = len(features["shards"])
-    assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(shards["shards"], 1)]
-    assert [s["path"] for s in features["shards"]] == [f"{features['key']}/{s['path']}" for s in shards["shards"]]
+    feature_rows, shard_rows = _rows(storage, features), indexed_shards(storage, ("ko", "shards"), shards)
+    for s in feature_rows:
+        data = read_bytes(storage, "ko", "features", "tiny-sdxl", *s["path"].split("/"))
+        assert (s["sha256"], s["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    n = len(feature_rows)
+    assert features["index"]["shards"] == n
+    assert cached == [(f"cached {s['path']}", i / n) for i, s in enumerate(shard_rows, 1)]
+    assert [s["path"] for s in feature_rows] == [f"{features['key']}/{s['path']}" for s in shard_rows]
     _check_loader(storage, features)
-    first = next(iter(BucketBatchLoader(storage, ("ko", "shards"), shards["shards"], 2, image_batch)()))[1]
+    first = next(iter(BucketBatchLoader(storage, ("ko", "shards"), shard_rows, 2, image_batch)()))[1]
     assert first["images"].shape[0] == 2 and first["images"].min() >= -1
 
 
@@ -296,7 +305,7 @@ def test_the_text_embeddings_are_cached_only_when_asked_and_cost_most_of_the_byt
     assert with_text["text_embeddings"] is True
     # tiny-sdxl: 4x8x8 latents (x2: mean and std) against 77x64 + 64 + 77x32 + 77 text values a sample
     assert with_text["bytes_per_sample"] > 5 * without["bytes_per_sample"] > 0
-    loader = BucketBatchLoader(storage, features_dir("ko", "tiny-sdxl"), with_text["shards"], 2, features_batch)
+    loader = BucketBatchLoader(storage, features_dir("ko", "tiny-sdxl"), _rows(storage, with_text), 2, features_batch)
     batch = next(iter(loader()))[1]
     assert batch.text["teacher_context"].shape[-1] == 64 and batch.text["teacher_pooled"].shape[0] == 2
     null = load_null(storage, "ko", "tiny-sdxl")
@@ -307,7 +316,7 @@ def test_the_text_embeddings_are_cached_only_when_asked_and_cost_most_of_the_byt
 def test_a_cached_latent_is_drawn_anew_from_its_distribution_at_every_visit(tmp_path, tiny_sdxl):
     storage = Storage(str(tmp_path / "root"))
     features = _chain(storage, tmp_path, Encoders(tiny_sdxl.vae, batch_size=5), n=4)[1]
-    loader = BucketBatchLoader(storage, features_dir("ko", "tiny-sdxl"), features["shards"], 2, features_batch)
+    loader = BucketBatchLoader(storage, features_dir("ko", "tiny-sdxl"), _rows(storage, features), 2, features_batch)
     dist = next(iter(loader()))[1].latents
     assert (dist.std > 0).all()
     gen = torch.Generator().manual_seed(0)

@@ -8,6 +8,7 @@ from data_helpers import make_folder
 
 from pea.data import shards
 from pea.data.harvest import harvest
+from pea.data.index import indexed_shards
 from pea.data.shards import bucket
 from pea.data.sources import SourceSpec
 from pea.data.translate import translate
@@ -34,9 +35,10 @@ def test_another_bucket_config_writes_new_shards_and_the_first_config_finds_its_
     first = bucket(storage, "ko", test_data.SMALL)
     other = bucket(storage, "ko", OTHER_SIDE)
     assert other["key"] != first["key"] and other["config"]["side"] == 24
-    assert all(s["path"].startswith(f"{other['key']}/") for s in other["shards"])
+    assert all(s["path"].startswith(f"{other['key']}/") for s in indexed_shards(storage, ("ko", "shards"), other))
     assert storage.read_json("ko", "shards", "manifest.json") == other  # the manifest names the last one
-    assert all(storage.exists("ko", "shards", *s["path"].split("/")) for s in first["shards"])  # kept beside
+    kept = indexed_shards(storage, ("ko", "shards"), first)  # its index too is kept beside, in its own folder
+    assert kept and all(storage.exists("ko", "shards", *s["path"].split("/")) for s in kept)
     decoded = []
     monkeypatch.setattr(shards, "_bucket_one", lambda *a: decoded.append(a))
     assert bucket(storage, "ko", test_data.SMALL) == first and decoded == []  # found again, nothing redone
@@ -57,7 +59,7 @@ def test_a_source_harvested_again_under_its_name_gets_its_own_captions(tmp_path)
 def test_training_refuses_features_cached_from_other_shards(tmp_path):
     storage = _translated(tmp_path, make_folder(tmp_path / "imgs", n=8))
     first = bucket(storage, "ko", test_data.SMALL)
-    storage.write_json({"source_digest": first["digest"], "shards": []}, *features_dir("ko", "tiny-sdxl"),
+    storage.write_json({"source_digest": first["digest"]}, *features_dir("ko", "tiny-sdxl"),
                        "manifest.json")
     profile = Profile(name="test", data_dir=tmp_path, storage_root=storage.root, mlflow_tracking_uri="-")
     assert _data(profile, get_language("ko"), "tiny-sdxl")[1] is True

@@ -16,6 +16,7 @@ from data_helpers import make_folder
 from pea.cluster import connect
 from pea.data.cache import cache_features
 from pea.data.harvest import harvest
+from pea.data.index import indexed_shards
 from pea.data.parallel import RayData
 from pea.data.shards import bucket
 from pea.data.sources import SourceSpec
@@ -52,18 +53,24 @@ def ray_data(tmp_path):
     return profile, RayData(lambda: connect(profile), workers=2)
 
 
-def _both_roots(tmp_path, folders, s3_root) -> tuple[dict, Storage]:
-    """The bucket manifest one process makes on a local root, and the same inputs prepared on the S3 root."""
+def _both_roots(tmp_path, folders, s3_root) -> tuple[dict, list[dict], Storage]:
+    """The bucket manifest one process makes on a local root and its index rows, and the same inputs prepared on
+    the S3 root."""
     local = Storage(str(tmp_path / "local"))
     _prepared(local, folders)
     remote = Storage(*s3_root)
     _prepared(remote, folders)
-    return bucket(local, "ko", test_data.SMALL), remote
+    expected = bucket(local, "ko", test_data.SMALL)
+    return expected, _rows(local, expected), remote
+
+
+def _rows(storage: Storage, manifest: dict) -> list[dict]:
+    return indexed_shards(storage, shards_dir("ko"), manifest)
 
 
 def _keys(storage: Storage, manifest: dict) -> list[str]:
     keys = []
-    for s in manifest["shards"]:
+    for s in _rows(storage, manifest):
         with storage.open(*shards_dir("ko"), *s["path"].split("/")) as f:
             keys += [sample["__key__"] for sample in iter_samples(f, s["path"])]
     return keys
@@ -72,18 +79,19 @@ def _keys(storage: Storage, manifest: dict) -> list[str]:
 @pytest.mark.integration
 def test_ray_data_workers_write_what_one_process_writes(tmp_path, folders, s3_root, ray_data, model_cache):
     profile, mapper = ray_data
-    expected, remote = _both_roots(tmp_path, folders, s3_root)
+    expected, rows, remote = _both_roots(tmp_path, folders, s3_root)
     lines = []
     got = bucket(remote, "ko", test_data.SMALL, progress=lambda line, f=None: lines.append(f), mapper=mapper)
-    assert got["digest"] == expected["digest"] and got["shards"] == expected["shards"]
+    assert got == expected and _rows(remote, got) == rows  # the index too, byte for byte (its sha256)
     assert sorted(lines) == [i / PARTS for i in range(1, PARTS + 1)]  # a progress line per input, as they finish
 
     tiny = get_preset("tiny-sdxl")
     load = FrozenEncoders(model_cache, get_language("ko"), tiny, text=False, batch_size=8)
     features = cache_features(remote, "ko", tiny.name, load, mapper=mapper)
-    assert [s["path"] for s in features["shards"]] == [f"{features['key']}/{s['path']}" for s in got["shards"]]
-    assert all(remote.exists(*features_dir("ko", tiny.name), *s["path"].split("/")) for s in features["shards"])
-    with remote.open(*features_dir("ko", tiny.name), *features["shards"][0]["path"].split("/")) as f:
+    cached = indexed_shards(remote, features_dir("ko", tiny.name), features)
+    assert [s["path"] for s in cached] == [f"{features['key']}/{s['path']}" for s in rows]
+    assert all(remote.exists(*features_dir("ko", tiny.name), *s["path"].split("/")) for s in cached)
+    with remote.open(*features_dir("ko", tiny.name), *cached[0]["path"].split("/")) as f:
         sample = next(iter_samples(f, "features"))
     assert set(load_tensors(sample["safetensors"])) == {"latent_mean", "latent_std"}  # no text: encoded in training
 
@@ -115,7 +123,7 @@ bucket(Storage(root, endpoint), "ko", test_data.SMALL, mapper=lambda make, items
 @pytest.mark.integration
 def test_a_killed_ray_data_run_resumes_with_nothing_lost_or_duplicated(tmp_path, folders, s3_root, ray_data):
     mapper = ray_data[1]
-    expected, storage = _both_roots(tmp_path, folders, s3_root)
+    expected, rows, storage = _both_roots(tmp_path, folders, s3_root)
     env = os.environ | {"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     # its own session: the kill takes the run's driver and the Ray it started, as a lost node would
     run = subprocess.Popen([sys.executable, "-c", KILLED, *s3_root, str(tmp_path / "killed")], env=env,
@@ -131,7 +139,7 @@ def test_a_killed_ray_data_run_resumes_with_nothing_lost_or_duplicated(tmp_path,
     done = len(storage.glob(*shards_dir("ko"), "*", "_done", "*.json"))
     assert 1 <= done < PARTS and not storage.exists(*shards_dir("ko"), "manifest.json")
     resumed = bucket(storage, "ko", test_data.SMALL, mapper=mapper)
-    assert resumed["shards"] == expected["shards"]
-    assert resumed["digest"] == expected["digest"]  # nothing lost: the same shards, byte for byte
+    assert _rows(storage, resumed) == rows
+    assert resumed == expected  # nothing lost: the same shards, byte for byte (digest), and the same index
     keys = _keys(storage, resumed)
     assert len(keys) == len(set(keys)) == expected["samples"]  # nothing twice

@@ -12,6 +12,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from pea.adapter import load_adapter
+from pea.data.index import indexed_shards
 from pea.data.sources import SourceSpec
 from pea.data.tars import iter_samples, write_shard
 from pea.data.translate import translate
@@ -139,7 +140,7 @@ def test_a_nan_sample_stops_the_run_naming_step_and_sample(dataset, tmp_path):
     storage = profile.storage()
     prefix = ("ko", "features", "tiny-sdxl")
     manifest = storage.read_json(*prefix, "manifest.json")
-    shard = manifest["shards"][0]
+    shard = indexed_shards(storage, prefix, manifest)[0]
     original = storage.read_bytes(*prefix, *shard["path"].split("/"))
     samples = list(iter_samples(io.BytesIO(original), "t"))
     tensors = load_tensors(samples[0]["safetensors"])
@@ -157,3 +158,24 @@ def test_a_nan_sample_stops_the_run_naming_step_and_sample(dataset, tmp_path):
         assert skipped.steps == 20 and all(torch.isfinite(v).all() for v in _weights(skipped.adapter_uri).values())
     finally:
         storage.write_bytes(original, *prefix, *shard["path"].split("/"))
+
+
+def test_a_compression_job_distils_a_student_unet_through_a_worker_failure(dataset, tmp_path):
+    """pea compress's job: the same engine (2 DDP workers, checkpoints, a rank dying at step 15 and the job
+    resuming from step 10) trains the recipe's whole student, saved as a diffusers UNet folder."""
+    from diffusers import UNet2DConditionModel
+
+    profile = _profile(dataset, tmp_path)
+    cfg = TrainConfig(steps=20, method="compress", recipe="sdxl-midless", max_failures=1, **(FAST | {"lr": 1e-3}))
+    result = train_adapter(profile, KO, TINY, cfg, DIE_AT_15)
+    assert result.run_name == "pea-unet-sdxl-midless-tiny-sdxl" and result.steps == 20
+    assert [s for s, _ in _history(profile, result.mlflow_run_id, "step")] == [5, 10, 15, 20]
+    feature_kd = [v for _, v in _history(profile, result.mlflow_run_id, "feature_kd")]
+    assert feature_kd[-1] < feature_kd[0]  # the student learns to make up for its missing mid block
+    student, info = UNet2DConditionModel.from_pretrained(Path(result.adapter_uri) / "unet", output_loading_info=True)
+    assert not any(info.values()) and student.mid_block is None
+    saved = UNet2DConditionModel.from_pretrained(Path(result.checkpoint_path) / "unet")
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in student.state_dict().items())
+    run = MlflowClient(profile.mlflow_tracking_uri).get_run(result.mlflow_run_id)
+    assert run.data.tags["pea.recipe"] == "sdxl-midless" and run.data.params["train.method"] == "compress"
+    assert {"sd", "output_kd", "feature_kd"} <= set(run.data.metrics)

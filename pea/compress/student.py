@@ -231,3 +231,31 @@ def save_student(unet, folder: str | Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+# A student inside a training checkpoint or a run's output: diffusers' UNet folder under unet/, weights last
+# (their presence marks a finished write, as an adapter's weights do)
+STUDENT_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors")
+
+
+def student_files(unet, folder: Path) -> dict[str, bytes]:
+    """`unet`'s diffusers folder as bytes by path under `folder` (for pea.storage.write_files, which reports a
+    full disk clearly): the config.json save_pretrained writes and the safetensors file it writes (the state
+    dict in its own dtype, metadata format pt), so from_pretrained reads it with nothing missing."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+    config, weights = STUDENT_FILES
+    return {str(Path(folder) / config): unet.to_json_string().encode(),
+            str(Path(folder) / weights): save(state, metadata={"format": "pt"})}
+
+
+def load_student_weights(unet, folder: Path) -> None:
+    """The weights student_files wrote under `folder`, into `unet` (same architecture), every key present."""
+    from safetensors.torch import load_file
+
+    state = load_file(Path(folder) / STUDENT_FILES[1])
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PeaError(f"student checkpoint {folder} does not fit the recipe's student: missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]}", "resume with the recipe it was started with, or a new run name")

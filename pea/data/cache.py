@@ -2,7 +2,8 @@
 (safetensors, fp16 by default; the text encoders' outputs too when asked), so training never runs the VAE
 (pea.features says why the text is encoded online by default). Output mirrors the bucketed
 shards under <lang>/features/<preset>/<key>/, the key of the shards and the cache's options; a shard's file appears whole or not at all, so a re-run skips
-the ones that exist. At scale the same per-shard function is a Ray Data map over the shard list."""
+the ones that exist. At scale the same per-shard function is a Ray Data map over the bucket stage's index
+(pea.data.index); the cache writes its own index of the feature shards beside them."""
 
 import functools
 import hashlib
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save
 
+from pea.data.index import digest, indexed_shards, write_index
 from pea.data.parallel import Mapper, in_process
 from pea.data.records import image_batch
 from pea.data.tars import iter_samples, write_shard
@@ -46,22 +48,24 @@ def cache_features(
     mapper: Mapper = in_process,
 ) -> dict:
     """Cache every bucketed shard not cached yet (one unit of work each, run by `mapper`: here, or on Ray Data's
-    actors, each loading the models once with `load`), then write the manifest of all of them."""
+    actors, each loading the models once with `load`), then write the index of all of them and the manifest."""
     shards_manifest = bucketed(storage, lang)
     made = key(shards_manifest["digest"], FORMAT, text, str(dtype))  # other shards or options: other features
     out = features_dir(lang, preset, made)
-    todo = [{"path": s["path"]} for s in shards_manifest["shards"] if not storage.exists(*out, *s["path"].split("/"))]
+    source = indexed_shards(storage, shards_dir(lang), shards_manifest)
+    present = storage.listing(*out)  # one listing, not a request per shard: what earlier runs wrote
+    todo = [{"path": s["path"]} for s in source if s["path"] not in present]
     written = {}  # hash and size of the shards written now, taken before the upload (never read back)
     for done, result in enumerate(mapper(CacheUnit(storage, lang, preset, made, load, str(dtype)), todo), 1):
         written[result["path"]] = {"sha256": result["sha256"], "bytes": result["bytes"]}
         progress(f"cached {result['path']}", done / len(todo))
     shards = [{**s, "path": f"{made}/{s['path']}", **(written.get(s["path"]) or _measured(storage, *out, *s["path"].split("/")))}
-              for s in shards_manifest["shards"]]
+              for s in source]
     manifest = {"format": FORMAT, "key": made, "preset": preset, "dtype": str(dtype).removeprefix("torch."),
                 "text_embeddings": text,
                 "bytes_per_sample": round(sum(s["bytes"] for s in shards) / max(1, sum(s["samples"] for s in shards))),
-                "shards": shards, "source_digest": shards_manifest["digest"],
-                "digest": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()}
+                "source_digest": shards_manifest["digest"], "digest": digest(shards),
+                "index": write_index(storage, features_dir(lang, preset), made, shards)}
     storage.write_json(manifest, *features_dir(lang, preset), "manifest.json")
     return manifest
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pea.data.buckets import BucketConfig, cover_and_crop, make_buckets, nearest_bucket
+from pea.data.index import digest, write_index
 from pea.data.parallel import Mapper, in_process
 from pea.data.tars import IMAGE_EXTS, iter_samples, write_shard
 from pea.errors import PeaError
@@ -41,26 +42,37 @@ def bucket(
     mapper: Mapper = in_process,
 ) -> dict:
     """Bucket every raw shard not done yet (one unit of work each, run by `mapper`: here or on Ray Data's
-    workers), then write the manifest of all of them."""
+    workers), then write the index of all their shards and the manifest (pea.data.index)."""
     if not storage.exists(*captions_dir(lang, "manifest.json")):
         raise PeaError(f"no caption tables for {lang!r} under {storage.root}", f"run `pea translate --lang {lang}` first")
     tables = storage.read_json(*captions_dir(lang, "manifest.json"))["tables"]
     made = key(tables, cfg.model_dump())  # other captions or another config: other shards, beside these
-    todo = []  # every input not done yet: the progress fraction counts these
-    for table_path in tables:
-        source, stem = table_path.split("/")[-3], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        if not storage.exists(*shards_dir(lang, made), "_done", f"{source}-{stem}.json"):
-            todo.append({"table": table_path, "source": source, "stem": stem})
-    for finished, done in enumerate(mapper(BucketUnit(storage, lang, cfg, made), todo), 1):
-        progress(f"bucketed {done['name']}: {done['kept']} kept, {sum(done['dropped'].values())} dropped",
+    done = storage.listing(*shards_dir(lang, made), "_done")  # one listing, not a request per input
+    items = [_item(table_path) for table_path in tables]
+    todo = [item for item in items if _marker(item) not in done]  # the progress fraction counts these
+    results = []
+    for finished, result in enumerate(mapper(BucketUnit(storage, lang, cfg, made), todo), 1):
+        progress(f"bucketed {result['name']}: {result['kept']} kept, {sum(result['dropped'].values())} dropped",
                  finished / len(todo))
-        after_input(done["name"])
-    manifest = _manifest(storage, lang, cfg, made)
-    if not manifest["samples"]:  # no manifest then: the stage is not done, and the next one would train on nothing
-        raise PeaError(f"bucketing kept no sample of {lang!r} (dropped: {manifest['dropped']})",
-                       "check the harvested images and captions (`pea harvest` prints what it skipped)")
+        after_input(result["name"])
+        results.append(result)
+    # this run's results as they came back; only the inputs earlier runs finished are read from their markers
+    results += [storage.read_json(*shards_dir(lang, made), "_done", _marker(item)) for item in items
+                if _marker(item) in done]
+    manifest = _manifest(storage, lang, cfg, made, results)
     storage.write_json(manifest, *shards_dir(lang), "manifest.json")
     return manifest
+
+
+def _item(table_path: str) -> dict:
+    """The unit of work of one caption table: its raw shard is <source>/<stem>.tar."""
+    source, stem = table_path.split("/")[-3], table_path.rsplit("/", 1)[-1].removesuffix(".parquet")
+    return {"table": table_path, "source": source, "stem": stem}
+
+
+def _marker(item: dict) -> str:
+    """The done marker's name under <key>/_done/, written last by the unit of work of `item`."""
+    return f"{item['source']}-{item['stem']}.json"
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ def _bucket_input(storage: Storage, lang: str, cfg: BucketConfig, made: str, buc
     source, stem = item["source"], item["stem"]
     captions = {r["key"]: r for r in pq.read_table(io.BytesIO(storage.read_bytes(item["table"]))).to_pylist()}
     done = _bucket_one(storage, lang, cfg, buckets, made, source, stem, captions)
-    storage.write_json(done, *shards_dir(lang, made), "_done", f"{source}-{stem}.json")
+    storage.write_json(done, *shards_dir(lang, made), "_done", _marker(item))
     return {**done, "name": f"{source}/{stem}"}
 
 
@@ -96,7 +108,7 @@ def _bucket_one(storage, lang, cfg, buckets, made, source, stem, captions) -> di
             path = f"{made}/{b[0]}x{b[1]}/{source}-{stem}-{len([w for w in written if w['bucket'] == list(b)]):04d}.tar"
             storage.write_bytes(data, *shards_dir(lang), *path.split("/"))
             written.append({"path": path, "bucket": list(b), "samples": len(samples),
-                            "sha256": hashlib.sha256(data).hexdigest()})
+                            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
 
     raw = raw_dir(lang, source, f"{stem}.tar")
     with storage.open(*raw) as f:
@@ -147,17 +159,19 @@ def _decode(sample: dict) -> tuple[Image.Image | None, str | None]:
         return None, "broken"
 
 
-def _manifest(storage: Storage, lang: str, cfg: BucketConfig, made: str) -> dict:
+def _manifest(storage: Storage, lang: str, cfg: BucketConfig, made: str, results: list[dict]) -> dict:
+    """The summary of every input's result (its done marker's content), after writing the index of their shards;
+    none when they kept no sample: the stage is not done then, and the next one would train on nothing."""
     shards, dropped, per_bucket = [], {}, {}
-    for marker in storage.glob(*shards_dir(lang, made), "_done", "*.json"):
-        done = json.loads(storage.read_bytes(marker))
+    for done in results:
         shards += done["shards"]
         for reason, n in done["dropped"].items():
             dropped[reason] = dropped.get(reason, 0) + n
     for s in shards:
         size = f"{s['bucket'][0]}x{s['bucket'][1]}"
         per_bucket[size] = per_bucket.get(size, 0) + s["samples"]
-    shards.sort(key=lambda s: s["path"])
-    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+    if not per_bucket:
+        raise PeaError(f"bucketing kept no sample of {lang!r} (dropped: {dropped})",
+                       "check the harvested images and captions (`pea harvest` prints what it skipped)")
     return {"key": made, "config": cfg.model_dump(), "buckets": per_bucket, "samples": sum(per_bucket.values()),
-            "dropped": dropped, "shards": shards, "digest": digest}
+            "dropped": dropped, "digest": digest(shards), "index": write_index(storage, shards_dir(lang), made, shards)}

@@ -74,9 +74,10 @@ def _train_run(profile: Profile, language: Language, run_name: str):
     return run
 
 
-def _method(run) -> str:
-    """The training method of an MLflow training run (pea.train.config.TrainConfig.method, logged as a param)."""
-    return run.data.params.get("train.method", "pea")
+def _lineage(run) -> tuple[str, str | None]:
+    """(method, encoder variant) of an MLflow training run (pea.train.config.TrainConfig.method and
+    .encoder_variant, logged as params): together they name the registered model (pea.names.model_name)."""
+    return run.data.params.get("train.method", "pea"), run.data.params.get("train.encoder_variant")
 
 
 def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path) -> Path:
@@ -97,16 +98,16 @@ def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path
 
 
 def _champion(profile: Profile, language: Language, dst: Path,
-              method: str = "pea") -> tuple[str | None, Path | None, str | None]:
+              lineage: tuple[str, str | None] = ("pea", None)) -> tuple[str | None, Path | None, str | None]:
     """(version, adapter folder, problem): the champion of the candidate's registered model (pea-<lang>, or
-    pea-<lang>-<method> for a baseline) to compare against, if there is one."""
+    pea-<lang>-<method> for a baseline, -<variant> for an encoder variant) to compare against, if there is one."""
     from pea.registry import CHAMPION, download_adapter, version_by_alias
 
-    version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, method)
+    version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, *lineage)
     if version is None:
         return None, None, None
     try:
-        folder = download_adapter(profile.mlflow_tracking_uri, names.model_name(language.code, method),
+        folder = download_adapter(profile.mlflow_tracking_uri, names.model_name(language.code, *lineage),
                                   version.version, dst)
     except PeaError as e:
         return version.version, None, e.problem
@@ -150,7 +151,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     with lock, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
-        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion", _method(run))
+        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion", _lineage(run))
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
         for folder in filter(None, (adapter, champion_dir)):
             check_fits(folder, language, preset)  # before the base model loads
@@ -167,7 +168,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
                  + (f" against champion v{champion_version}" if champion_dir else ""))
         result = evaluate(pipe, wrap(adapter), wrap(champion_dir) if champion_dir else None, suite, cfg,
                           tmp / "images", progress, notes, external, skipped)
-        title = f"{names.model_name(language.code)}: {run_name} ({preset.name})"
+        title = f"{names.model_name(language.code, *_lineage(run))}: {run_name} ({preset.name})"
         files = write_report(result, tmp / "report", title, _history(profile, run.info.run_id), cfg.report_prompts)
         summary = result.to_json() | {"run_name": run_name, "train_run_id": run.info.run_id, "preset": preset.name,
                                       "champion_version": str(champion_version) if champion_dir else None,
@@ -201,10 +202,11 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
         raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")
     summary = storage.read_json(*eval_dir(language.code, run_name), "metrics.json")
     run = _train_run(profile, language, run_name)
-    method = _method(run)
+    lineage = _lineage(run)
     candidate = summary["metrics"]["candidate"]
     primary, guard = summary["primary"], summary["guard"]
     tags = {k: run.data.tags.get(k, "unknown") for k in ("pea.data_digest", "pea.code_revision", "pea.student_encoder")}
+    tags |= {"pea.encoder_variant": lineage[1]} if lineage[1] else {}
     tags |= {"pea.lang": language.code, "pea.preset": preset.name, "pea.base_model": preset.model_id or preset.name,
              "pea.train_run": run_name, "pea.primary": primary, "pea.primary_value": f"{candidate[primary]:.6g}",
              "pea.guard": guard, "pea.guard_value": f"{candidate[guard]:.6g}",
@@ -213,9 +215,9 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
         adapter = _adapter_copy(profile, language, run_name, Path(tmp) / "adapter")
         registered = register(profile.mlflow_tracking_uri, language.code, run.info.run_id, adapter, tags,
                               {"lang": language.code, "preset": preset.name, "model_cache": str(profile.model_cache)},
-                              method)
+                              *lineage)
         shutil.rmtree(adapter)
-    champion = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, method)
+    champion = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, *lineage)
     if champion is not None and str(champion.version) == registered.version:
         decision = Decision(False, "this version is the champion already", {})
     else:
@@ -226,9 +228,9 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
         decision = decide(candidate, summary["metrics"].get("champion") if champion else None, primary, guard, gate,
                           problem if champion is not None else None)
         apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags(),
-                       method)
+                       *lineage)
     champion_version = registered.version if decision.promote else str(champion.version) if champion else None
-    return Registration(model=names.model_name(language.code, method), version=registered.version,
+    return Registration(model=names.model_name(language.code, *lineage), version=registered.version,
                         new_version=registered.created, promoted=decision.promote, reason=decision.reason,
                         champion_version=champion_version, primary=primary, guard=guard, candidate=candidate,
                         champion=summary["metrics"].get("champion"))

@@ -6,14 +6,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pea.adapter import AdapterConfig
 from pea.baselines import SD_LOSS, UNET_PARTS
+from pea.compress.distill import CompressLosses
+from pea.compress.recipes import registry as recipes
 from pea.distill import ABLATIONS, KDConfig
-from pea.names import name_type
+from pea.languages import registry as languages
+from pea.names import compress_run_name, name_type, run_name
 
 
 RUNTIME_FIELDS = {"run_name", "max_failures", "keep_checkpoints", "log_every", "checkpoint_every"}
-# PEA, its ablations (pea.distill.ABLATIONS: the adapter alone trains) and the baselines that fine-tune part of
-# the UNet with the SD loss (pea.baselines.UNET_PARTS)
-METHODS = (*ABLATIONS, *UNET_PARTS)
+# PEA, its ablations (pea.distill.ABLATIONS: the adapter alone trains), the baselines that fine-tune part of
+# the UNet with the SD loss (pea.baselines.UNET_PARTS), and the distillation of a block-removed student UNet
+# (pea.compress: the whole student trains, no adapter)
+COMPRESS = "compress"
+METHODS = (*ABLATIONS, *UNET_PARTS, COMPRESS)
+# the encoder variants any language offers (pea.languages); whether the run's language offers one is checked when
+# its training starts (pea.train.run.train_adapter)
+ENCODER_VARIANTS = tuple(dict.fromkeys(name for lang in languages().values() for name in lang.encoder_variants))
 
 
 class TrainConfig(BaseModel):
@@ -31,6 +39,10 @@ class TrainConfig(BaseModel):
     method: Literal[METHODS] = "pea"  # one of METHODS (a Literal: schemas list them)
     kd: KDConfig | None = None  # overrides `method`'s loss when given
     lora_rank: int = Field(4, gt=0, le=1024)  # method lora: LoRA rank r (alpha = r, as diffusers' SDXL LoRA script)
+    recipe: name_type("recipe name") | None = None  # method compress: the student (pea/resources/compress.yaml)
+    compress: CompressLosses = CompressLosses()  # method compress: BK-SDM's loss weights and paired blocks
+    # train on one of the language's other encoders (paper Table 1: multilingual-clip, mt5); None: its own
+    encoder_variant: Literal[ENCODER_VARIANTS] | None = None
     seed: int = 0
     shuffle_buffer: int = Field(256, ge=1)
     log_every: int = Field(10, gt=0)
@@ -56,17 +68,38 @@ class TrainConfig(BaseModel):
             raise ValueError(f"method {self.method!r} trains with the SD loss alone: give kd without KD terms")
         return self
 
+    @model_validator(mode="after")
+    def _compress_names_its_recipe(self) -> "TrainConfig":
+        """A recipe makes sense for method compress only, and compress needs one that exists."""
+        if (self.method == COMPRESS) != (self.recipe is not None):
+            raise ValueError("method compress and a recipe go together: give both or neither")
+        if self.recipe is not None and self.recipe not in recipes():
+            raise ValueError(f"no compression recipe {self.recipe!r}; known: {', '.join(recipes())}")
+        if self.method == COMPRESS and self.kd is not None:
+            raise ValueError("method compress trains with its own loss weights (`compress`), not `kd`")
+        return self
+
     def kd_config(self) -> KDConfig:
         if self.kd is not None:
             return self.kd
         return ABLATIONS.get(self.method, SD_LOSS)
 
+    def job_name(self, lang: str, preset: str, suffix: str | None = None) -> str:
+        """The training job's run name: the one given, or pea.names.run_name of the language, preset, method and
+        encoder variant (so a baseline's or a variant's job never resumes the default adapter's)."""
+        if self.method == COMPRESS:
+            return self.run_name or compress_run_name(self.recipe, preset, suffix)
+        return self.run_name or run_name(lang, preset, suffix, method=self.method, encoder_variant=self.encoder_variant)
+
     def identity(self) -> dict:
         """What decides the trained weights: a resumed run must match it. Left out: the run name (the job's
         key) and how the job is run and watched (failures allowed, checkpoints kept, logging and checkpoint
-        intervals), which a resubmission may change; and the LoRA rank unless the method is lora (so runs
-        started before the field existed still resume)."""
+        intervals), which a resubmission may change; the LoRA rank unless the method is lora and the encoder
+        variant unless one is given and the compression fields unless the method is compress (so runs started
+        before those fields existed still resume)."""
         exclude = RUNTIME_FIELDS | ({"lora_rank"} if self.method != "lora" else set())
+        exclude |= {"recipe", "compress"} if self.method != COMPRESS else set()
+        exclude |= {"encoder_variant"} if self.encoder_variant is None else set()
         return self.model_dump(mode="json", exclude=exclude)
 
 
@@ -92,7 +125,7 @@ class TrainJob(BaseModel):
     s3_endpoint_url: str | None
     data_prefix: tuple[str, ...]  # where the shards are, under the storage root
     cached: bool  # feature shards (True) or image shards run through the encoders (False)
-    shards: list[dict]
+    index: str  # the shard index under data_prefix (pea.data.index): each worker reads it, no list travels
     adapter: AdapterConfig
     train: TrainConfig
     switches: TrainSwitches = TrainSwitches()

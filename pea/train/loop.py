@@ -2,7 +2,8 @@
 
 `train_loop_per_worker` only wires the pieces: `_Models` (the frozen models, loaded once), `micro_step` (one
 forward/backward through the DDP-wrapped trainable module: the adapter for PEA and its ablations, bridge + UNet
-part for the baselines of pea.baselines), `optimizer_step`, `LogWindow` (the metrics of the last `log_every`
+part for the baselines of pea.baselines, the student UNet for a compression job of pea.compress),
+`optimizer_step`, `LogWindow` (the metrics of the last `log_every`
 steps) and `_report` (checkpoints). `micro_step` and `optimizer_step` need no Ray and are tested on their own,
 with two gloo processes for the gradient synchronisation.
 """
@@ -22,16 +23,19 @@ import torch.distributed as dist
 from pea import tracking
 from pea.adapter import PEAAdapter
 from pea.baselines import UNET_PARTS, FineTuned, build_trainable, sd_step, trainable_parameters
+from pea.compress.distill import compress_step
+from pea.compress.trainable import Compression, compression
 from pea.data.loader import BucketBatchLoader, Position
 from pea.data.records import features_batch, image_batch
 from pea.data.cache import load_null
+from pea.data.index import read_index
 from pea.distill import HookedUNet, KDConfig, KDResult, NonFiniteLossError, kd_step, training_scheduler
 from pea.errors import PeaError
 from pea.features import LatentDistribution, kd_batch
 from pea.kd_types import KDBatch
 from pea.storage import Storage
 from pea.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from pea.train.config import TrainConfig, TrainJob
+from pea.train.config import COMPRESS, TrainConfig, TrainJob
 from pea.train.gauges import TrainGauges
 
 log = logging.getLogger("pea.train")
@@ -39,9 +43,11 @@ log = logging.getLogger("pea.train")
 
 class _Models:
     """The frozen models a worker needs, loaded once: the UNet and the DDPM training scheduler always; the text
-    encoders unless the cache holds their outputs; the VAE only when features were not cached. `unet` is the
+    encoders unless the cache holds their outputs (it holds the language's own encoder's: a job on an encoder
+    variant encodes its captions itself); the VAE only when features were not cached. `unet` is the
     frozen UNet behind HookedUNet for PEA and its ablations, None for a baseline, whose UNet (`base_unet`)
-    becomes part of the trainable module."""
+    becomes part of the trainable module, and for a compression job, whose teacher it is (`compression`, set
+    when the student is built)."""
 
     def __init__(self, job: TrainJob, device: torch.device, storage: Storage):
         from pea.features import FeatureExtractor, TextFeatures
@@ -52,13 +58,14 @@ class _Models:
 
         preset = get_preset(job.preset)
         cache = Path(job.model_cache)
-        cached_text = job.cached and _cached_text(storage, job)
+        cached_text = job.cached and _cached_text(storage, job) and job.adapter.encoder_variant is None
         if cached_text:
             unet, scheduler_config = _unet(preset, cache, device)
             self.null, self.text = load_null(storage, job.lang, job.preset), None
         else:  # the VAE only when no latents were cached; the UNet from the pipeline either way
             pipe = load_frozen_pipeline(preset, cache, device, **({"vae": None} if job.cached else {}))
-            student = load_text_encoder(preset.student_for(get_language(job.lang)), cache).to(device)
+            spec = preset.student_for(get_language(job.lang), job.adapter.encoder_variant)
+            student = load_text_encoder(spec, cache).to(device)
             student.model.to(dtype=pipe.text_encoder.dtype)
             self.text = TextFeatures(pipe, student)
             unet, scheduler_config, self.null = pipe.unet, pipe.scheduler.config, self.text.null()
@@ -71,7 +78,9 @@ class _Models:
         if device.type == "cpu":
             unet.to(memory_format=torch.channels_last)
         self.base_unet = unet
-        self.unet = None if job.train.method in UNET_PARTS else HookedUNet(unet, job.train.kd_config().feature_blocks)
+        whole_unet = job.train.method in UNET_PARTS or job.train.method == COMPRESS
+        self.unet = None if whole_unet else HookedUNet(unet, job.train.kd_config().feature_blocks)
+        self.compression: Compression | None = None
         self.null = self.null.to(device)
 
     def batch(self, raw, device, generator) -> KDBatch:
@@ -81,7 +90,7 @@ class _Models:
             return self.extractor(raw["images"].to(device), raw["english"], raw["native"], raw["culture"].to(device),
                                   time_ids=raw["time_ids"].to(device), keys=raw["keys"], generator=generator)
         latents = LatentDistribution(raw.latents.mean.to(device), raw.latents.std.to(device)).sample(generator)
-        text = raw.text if raw.text is not None else self.text(raw.english, raw.native)
+        text = self.text(raw.english, raw.native) if self.text is not None else raw.text
         text = {k: v.to(device) if v is not None else None for k, v in text.items()}
         return kd_batch(latents, text, raw.culture.to(device), raw.time_ids.to(device), raw.keys, self.sdxl)
 
@@ -125,7 +134,10 @@ def _any_rank(flag: bool, device) -> bool:
 
 def _loss(model, models, batch, kd: KDConfig, generator, step: int) -> KDResult:
     """The KD step around the frozen UNet for PEA and its ablations; the SD loss of the whole trainable module
-    (bridge + UNet part) for a baseline."""
+    (bridge + UNet part) for a baseline; BK-SDM's loss of the student against the teacher for compression."""
+    if models.compression is not None:
+        c = models.compression
+        return compress_step(model, c.teacher, batch, models.scheduler, c.taps, c.losses, models.null, generator, step)
     if isinstance(getattr(model, "module", model), FineTuned):
         return sd_step(model, models.scheduler, batch, models.null, kd, generator, step)
     return kd_step(models.unet, model, models.scheduler, batch, models.null, kd, generator, step)
@@ -227,7 +239,8 @@ def train_loop_per_worker(config: dict, tracking_uri: str) -> None:
     models = _Models(job, device, storage)
     trained, optimizer, schedule, generator, state, resumed = _trainable(job, models, device, rank)
     model = ray.train.torch.prepare_model(trained, move_to_device=False)
-    loader = BucketBatchLoader(storage, job.data_prefix, job.shards, cfg.batch_size,
+    shards = read_index(storage, job.data_prefix, job.index)
+    loader = BucketBatchLoader(storage, job.data_prefix, shards, cfg.batch_size,
                                features_batch if job.cached else image_batch, rank, world, cfg.seed,
                                cfg.shuffle_buffer)
     if loader.batches_per_epoch() == 0:
@@ -279,21 +292,31 @@ def train_loop_per_worker(config: dict, tracking_uri: str) -> None:
 
 
 def _trainable(job: TrainJob, models: _Models, device, rank: int):
-    """The trainable module (pea.baselines.build_trainable), AdamW on its trainable parameters, warm-up + cosine
-    schedule and noise generator, restored from Ray's checkpoint if any."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    cfg = job.train
-    trained = build_trainable(cfg.method, PEAAdapter(job.adapter).to(device), models.base_unet, cfg.lora_rank)
-    optimizer = torch.optim.AdamW(trainable_parameters(trained), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
+    """`training_objects`, restored from Ray's checkpoint if any, with the state and the checkpoint."""
+    trained, optimizer, schedule, generator = training_objects(job, models, device, rank)
     state = TrainState()
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as folder:
             state = load_checkpoint(Path(folder), trained, optimizer, schedule, generator, rank)
     return trained, optimizer, schedule, generator, state, resumed
+
+
+def training_objects(job: TrainJob, models: _Models, device, rank: int):
+    """The trainable module (pea.baselines.build_trainable; a compression job's student, pea.compress.trainable),
+    AdamW on its trainable parameters, the warm-up + cosine schedule and the rank's noise generator."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    cfg = job.train
+    if cfg.method == COMPRESS:
+        trained, models.compression = compression(models.base_unet, cfg.recipe, cfg.compress,
+                                                  bool(cfg.gradient_checkpointing))
+    else:
+        trained = build_trainable(cfg.method, PEAAdapter(job.adapter).to(device), models.base_unet, cfg.lora_rank)
+    optimizer = torch.optim.AdamW(trainable_parameters(trained), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
+    return trained, optimizer, schedule, generator
 
 
 def _log_window(job, window: LogWindow, schedule, state: TrainState, device, world: int, gauges, mlflow) -> None:

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pea import names, tracking
+from pea import tracking
 from pea.adapter import CONFIG, WEIGHTS, AdapterConfig
 from pea.baselines import PART_FILES
+from pea.compress.student import STUDENT_FILES
+from pea.data.index import index_file
 from pea.cluster import connect
 from pea.errors import PeaError
 from pea.languages import Language
@@ -105,12 +107,13 @@ def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dic
 
 
 def adapter_config(language: Language, preset: Preset, cfg: TrainConfig) -> AdapterConfig:
-    """The adapter a job trains (a baseline's bridge): the student encoder's width in, the preset's context (and
-    pooled) width out."""
-    spec = preset.student_for(language)
+    """The adapter a job trains (a baseline's bridge): the student encoder's width in (the run's encoder variant's,
+    which the config records for inference to load), the preset's context (and pooled) width out."""
+    spec = preset.student_for(language, cfg.encoder_variant)
     return AdapterConfig(input_dim=spec.hidden_size, context_dim=preset.context_dim, pooled_dim=preset.pooled_dim,
                          hidden_dims=cfg.for_preset(preset).adapter_hidden, language=language.code,
-                         student_encoder=spec.id, base_model=preset.model_id or preset.name)
+                         student_encoder=spec.id, encoder_variant=cfg.encoder_variant,
+                         base_model=preset.model_id or preset.name)
 
 
 def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
@@ -121,14 +124,25 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     else `_train_adapter` in this process under its run's lock (pea.locks): a second submission of one run
     name waits for the first instead of racing it on the same checkpoints and run config. Other run names train
     side by side."""
-    default = names.run_name(language.code, preset.name, method=cfg.method)
-    cfg = cfg.model_copy(update={"run_name": cfg.run_name or default})
+    preset.student_for(language, cfg.encoder_variant)  # a variant the language or preset lacks fails before a job
+    _recipe_fits(cfg, preset)
+    cfg = cfg.model_copy(update={"run_name": cfg.job_name(language.code, preset.name)})
     if profile.ray.jobs_address:
         from pea.train.jobs import train_as_job
 
         return train_as_job(profile, language, preset, cfg, switches, override_config, job_log)
     with stage_lock(profile.storage(), language.code, f"train-{cfg.run_name}"):
         return _train_adapter(profile, language, preset, cfg, switches, override_config)
+
+
+def _recipe_fits(cfg: TrainConfig, preset: Preset) -> None:
+    """A compression recipe is written for one UNet family: another preset's teacher fails here, not on a worker."""
+    from pea.compress.recipes import get_recipe, registry
+
+    if cfg.recipe is not None and get_recipe(cfg.recipe).family != preset.family:
+        fitting = [name for name, r in registry().items() if r.family == preset.family]
+        raise PeaError(f"compression recipe {cfg.recipe!r} is for {get_recipe(cfg.recipe).family} UNets, preset "
+                       f"{preset.name!r} is {preset.family}", f"use one of: {', '.join(fitting)}")
 
 
 def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
@@ -142,12 +156,13 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
     from pea.train.loop import WorkerLoop
 
     cfg = cfg.for_preset(preset)
-    spec = preset.student_for(language)
+    spec = preset.student_for(language, cfg.encoder_variant)
     # tiny models are built once here, not raced by the workers
     pipeline_source(preset, profile.model_cache)
     encoder_source(spec, profile.model_cache)
     prefix, cached, manifest = _data(profile, language, preset.name)
-    run_name = cfg.run_name or names.run_name(language.code, preset.name, method=cfg.method)
+    index = index_file(profile.storage(), prefix, manifest)  # the workers read the shards from it
+    run_name = cfg.job_name(language.code, preset.name)
     adapter = adapter_config(language, preset, cfg)
     data_digest = manifest.get("source_digest", manifest["digest"])
     identity = {"lang": language.code, "preset": preset.name, "data_digest": data_digest, "cached_features": cached,
@@ -156,10 +171,11 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
     run_id = _mlflow_run(profile, language, run_name, params=flatten("", identity),
                          tags={"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
                                "pea.code_revision": code_revision(), "pea.student_encoder": spec.id,
-                               "pea.method": cfg.method})
+                               "pea.encoder_variant": cfg.encoder_variant or "default", "pea.method": cfg.method,
+                               **({"pea.recipe": cfg.recipe} if cfg.recipe else {})})
     job = TrainJob(lang=language.code, run_name=run_name, preset=preset.name, model_cache=str(profile.model_cache),
                    storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
-                   cached=cached, shards=manifest["shards"], adapter=adapter, train=cfg, switches=switches,
+                   cached=cached, index=index, adapter=adapter, train=cfg, switches=switches,
                    config=identity, mlflow_run_id=run_id)
     storage = profile.storage()
     storage_path = storage.uri(*train_dir(language.code))
@@ -233,12 +249,14 @@ def _finalize(profile, language, run_name, run_id, result) -> TrainResult:
     with result.checkpoint.as_directory() as folder:
         folder = Path(folder)
         state = json.loads((folder / "state.json").read_text())
-        # a baseline's UNet part too; the adapter weights last: the flow takes them as the mark of a finished job
-        files = [name for name in (CONFIG, *PART_FILES, WEIGHTS) if (folder / name).is_file()]
+        # a baseline's UNet part too, or a compression job's student alone; the adapter weights (the student's)
+        # last: the flow takes them as the mark of a finished job
+        files = [name for name in (CONFIG, *PART_FILES, WEIGHTS, *STUDENT_FILES) if (folder / name).is_file()]
         for name in files:
-            storage.write_bytes((folder / name).read_bytes(), *adapter_dir(language.code, run_name, name))
+            storage.write_bytes((folder / name).read_bytes(), *adapter_dir(language.code, run_name, *name.split("/")))
         with tempfile.TemporaryDirectory() as tmp:
             for name in files:
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
                 (Path(tmp) / name).write_bytes((folder / name).read_bytes())
             client = tracking.client(profile.mlflow_tracking_uri)
             client.log_artifacts(run_id, tmp, artifact_path="adapter")
