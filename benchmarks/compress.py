@@ -8,9 +8,10 @@
 3. The student distilled on the same shards' English side (pea.train.run.train_adapter, method compress:
    what `pea compress` runs; BK-SDM's loss weights; the adapter's step count unless --steps).
 4. Both UNets: parameters, and the median CPU time of one forward at the toy latent size (pea.compress.measure).
-5. The judge on held-out prompts (pea.toy.quality.judged), once with the teacher's UNet and once with the
-   student's in every system: the English prompts ("teacher_en": the UNet alone) and the adapter (Korean
-   prompts through the adapter trained in 2, which never saw the student).
+5. The judge on held-out prompts (pea.toy.quality.judged) with the teacher's UNet, the distilled student's and
+   the student as the recipe makes it before distillation (the teacher's kept blocks), each in every system:
+   the English prompts ("teacher_en": the UNet alone) and the adapter (the language's prompts through the
+   adapter trained in 2, which never saw a student).
 
 The last line is one JSON object: param_ratio and latency_ratio (student / teacher), judge_ratio (student /
 teacher, English held-out), adapter_judge_ratio (adapter on the student / adapter on the teacher), and the
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 from pea.compress.measure import cpu_latency, param_count
-from pea.compress.recipes import registry
+from pea.compress.recipes import get_recipe, registry
+from pea.compress.student import make_student, save_student
 from pea.languages import get_language
 from pea.presets import get_preset
 from pea.profiles import load_profile
@@ -72,9 +74,10 @@ def main():
         teacher_unet, student_unet, side = unets(profile, preset, student_folder)
         teacher_s = cpu_latency(teacher_unet, side, args.repeats)
         student_s = cpu_latency(student_unet, side, args.repeats)
-        on_teacher = judged(profile, language, config, Path(adapter.adapter_uri), language, sets=("mg",))
-        on_student = judged(profile, language, config, Path(adapter.adapter_uri), language, sets=("mg",),
-                            unet=student_folder)
+        undistilled = save_student(make_student(teacher_unet, get_recipe(args.recipe)), Path(tmp) / "undistilled")
+        on_teacher, on_student, on_undistilled = (
+            judged(profile, language, config, Path(adapter.adapter_uri), language, sets=("mg",), unet=unet)
+            for unet in (None, student_folder, undistilled))
         minutes = (time.perf_counter() - start) / 60
     teacher_en, student_en = on_teacher["teacher_en"]["mg_judge"], on_student["teacher_en"]["mg_judge"]
     adapter_teacher, adapter_student = on_teacher["candidate"]["mg_judge"], on_student["candidate"]["mg_judge"]
@@ -85,15 +88,20 @@ def main():
         "judge_ratio": student_en / teacher_en, "adapter_judge_ratio": adapter_student / adapter_teacher,
         "params": params, "latency_s": {"teacher": teacher_s, "student": student_s},
         "judge_heldout": {"teacher_en": teacher_en, "student_en": student_en, "adapter_on_teacher": adapter_teacher,
-                          "adapter_on_student": adapter_student},
+                          "adapter_on_student": adapter_student,
+                          "undistilled_en": on_undistilled["teacher_en"]["mg_judge"],
+                          "adapter_on_undistilled": on_undistilled["candidate"]["mg_judge"]},
         "minutes": minutes,
     }
-    print(f"| recipe | params (ratio) | CPU step (ratio) | English held-out judge (ratio) | {args.lang} adapter (ratio) |")
-    print("| --- | --- | --- | --- | --- |")
+    j = result["judge_heldout"]
+    print(f"| recipe | params (ratio) | CPU step (ratio) | English held-out judge (ratio) | {args.lang} adapter (ratio) "
+          "| before distillation: English, adapter |")
+    print("| --- | --- | --- | --- | --- | --- |")
     print(f"| {args.recipe} | {params['student']:,} / {params['teacher']:,} ({result['param_ratio']:.2f}) "
           f"| {student_s * 1000:.1f} / {teacher_s * 1000:.1f} ms ({result['latency_ratio']:.2f}) "
           f"| {student_en:.3f} / {teacher_en:.3f} ({result['judge_ratio']:.2f}) "
-          f"| {adapter_student:.3f} / {adapter_teacher:.3f} ({result['adapter_judge_ratio']:.2f}) |")
+          f"| {adapter_student:.3f} / {adapter_teacher:.3f} ({result['adapter_judge_ratio']:.2f}) "
+          f"| {j['undistilled_en']:.3f}, {j['adapter_on_undistilled']:.3f} |")
     print(json.dumps(result))
 
 

@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from pea.data.sources import SourceSpec
+from pea.errors import PeaError
 from pea.evaluate.config import EvalConfig, GateConfig
 from pea.evaluate.stage import EvalSummary, Registration
 from pea.languages import Language, get_language
@@ -34,7 +35,7 @@ from pea.profiles import Profile, check_mlflow, load_profile
 from pea.progress import STAGE, STAGE_DONE
 from pea.run_config import RunConfig
 from pea.stages import default_sources, harvested_sources
-from pea.train.config import TrainConfig, TrainSwitches
+from pea.train.config import COMPRESS, TrainConfig, TrainSwitches
 from tasks.data import bucket_shards, cache_features, harvest_source, translate_captions
 from tasks.evaluation import evaluate_adapter, register_adapter
 from tasks.progress import reporter
@@ -100,6 +101,9 @@ def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> 
 
     `profile` is a built-in profile or a YAML path (where the run happens); PEA_* variables of the worker
     override its fields. `config` is what the run does."""
+    if config.train.method == COMPRESS:  # a student UNet has no adapter to evaluate and register here
+        raise PeaError("the language pipeline trains adapters; method compress distils a student UNet",
+                       f"run `pea compress --recipe {config.train.recipe} --lang {lang}` on the harvested data")
     prof = _profile(profile)
     language, preset = get_language(str(lang)), get_preset(config.preset)
     check_mlflow(prof.mlflow_tracking_uri)

@@ -105,3 +105,12 @@ def test_pea_compress_says_in_one_line_which_recipes_fit(pea_cli, tmp_path):
     other = pea_cli("compress", "--recipe", "bk-sdm-small", "--lang", "ko", "--preset", "toy", cwd=tmp_path)
     assert other.code != 0 and "use one of: sdxl-small, sdxl-tiny, sdxl-midless, ssd-1b" in other.err
     assert "Traceback" not in unknown.err + other.err
+
+
+def test_the_language_pipeline_sends_a_compression_config_to_pea_compress():
+    from flows.pea_flow import pea
+    from pea.run_config import RunConfig
+
+    config = RunConfig(train=TrainConfig(method="compress", recipe="sdxl-midless"))
+    with pytest.raises(PeaError, match="run `pea compress --recipe sdxl-midless --lang ko`"):
+        pea.fn("ko", config)
