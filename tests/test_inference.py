@@ -135,6 +135,22 @@ def test_a_fine_tuned_checkpoint_takes_the_same_adapter(sdxl, model_cache):
     assert out.shape == base.shape and not np.array_equal(out, base)
 
 
+def test_a_compressed_student_unet_in_a_stock_pipeline_takes_the_same_adapter(sdxl, model_cache, tmp_path):
+    """pea compress's output (a diffusers UNet folder) loads with from_pretrained into a stock pipeline, and an
+    adapter trained on the teacher drives it (issue #18 item 4; benchmarks/compress.py measures how well)."""
+    from pea.compress.recipes import get_recipe
+    from pea.compress.student import make_student, save_student
+
+    preset, adapter_dir, pea = sdxl
+    folder = save_student(make_student(pea.pipe.unet, get_recipe("sdxl-midless")), tmp_path / "unet")
+    student = UNet2DConditionModel.from_pretrained(folder)
+    pipe = StableDiffusionXLPipeline(**{**pea.pipe.components, "unet": student})
+    out = PEAPipeline.wrap(pipe, adapter_dir, KO, preset, model_cache)("빨간 원", generator=_gen(), **STEPS).images
+    base = pea("빨간 원", generator=_gen(), **STEPS).images
+    assert pipe.unet.mid_block is None and out.shape == base.shape and np.isfinite(out).all()
+    assert not np.array_equal(out, base)
+
+
 def test_empty_prompt_is_refused(sdxl):
     with pytest.raises(PeaError, match="empty prompt"):
         sdxl[2]("  ")
