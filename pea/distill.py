@@ -93,7 +93,9 @@ class HookedUNet:
     def __init__(self, unet, blocks: tuple[Block, ...] = ("down", "mid", "up")):
         self.unet = unet.requires_grad_(False)
         self._captured: list[torch.Tensor] | None = None
-        modules = {"down": list(unet.down_blocks), "mid": [unet.mid_block], "up": list(unet.up_blocks)}
+        # a compressed student (pea.compress) may have no mid block: its down and up blocks are hooked alone
+        mid = [unet.mid_block] if unet.mid_block is not None else []
+        modules = {"down": list(unet.down_blocks), "mid": mid, "up": list(unet.up_blocks)}
         for block in blocks:
             for module in modules[block]:
                 module.register_forward_hook(self._capture)

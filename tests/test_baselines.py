@@ -68,7 +68,7 @@ def _build(method: str, model_cache: Path):
     module = build_trainable(method, PEAAdapter(adapter_config(KO, TINY, CFG)), pipe.unet, lora_rank=4)
     hooked = None if method in UNET_PARTS else HookedUNet(pipe.unet, ABLATIONS[method].feature_blocks)
     models = SimpleNamespace(unet=hooked, scheduler=training_scheduler(pipe.scheduler.config), null=None,
-                             unet_before=unet_before)
+                             compression=None, unet_before=unet_before)
     return pipe, module, models
 
 

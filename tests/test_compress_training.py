@@ -2,6 +2,8 @@
 config and names, the worker's student and step (pea.train.loop with pea.compress.trainable), and its
 checkpoint, which holds the student as a diffusers UNet folder. The Ray Train run is in tests/test_train.py."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -114,3 +116,43 @@ def test_the_language_pipeline_sends_a_compression_config_to_pea_compress():
     config = RunConfig(train=TrainConfig(method="compress", recipe="sdxl-midless"))
     with pytest.raises(PeaError, match="run `pea compress --recipe sdxl-midless --lang ko`"):
         pea.fn("ko", config)
+
+
+def test_an_adapter_distilled_against_a_student_is_a_pea_method_named_apart():
+    cfg = TrainConfig(unet_from="pea-unet-sdxl-midless-tiny-sdxl")
+    assert cfg.job_name("ko", "tiny-sdxl") == "pea-ko-tiny-sdxl-on-pea-unet-sdxl-midless-tiny-sdxl"
+    assert cfg.identity()["unet_from"] == "pea-unet-sdxl-midless-tiny-sdxl"
+    assert "unet_from" not in TrainConfig().identity()
+    for method in ("lora", "compress"):
+        with pytest.raises(ValueError, match="for PEA and its ablations"):
+            TrainConfig(method=method, unet_from="x", **({"recipe": "sdxl-midless"} if method == "compress" else {}))
+
+
+def test_distilling_against_a_student_that_is_not_there_fails_before_a_job(tmp_path):
+    profile = load_profile("local", env={"PEA_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
+    with pytest.raises(PeaError, match="no student UNet of compression run 'pea-unet-x' for 'ko'"):
+        train_adapter(profile, KO, TINY, TrainConfig(unet_from="pea-unet-x"))
+
+
+def test_an_adapter_job_against_a_student_distils_through_the_student_unet(worker, model_cache, tmp_path):
+    """The worker loads the compression run's student from storage as its frozen UNet: PEA's KD (teacher path
+    and adapter path alike) then runs through the student, which lacks the teacher's mid block."""
+    from pea.compress.student import student_files
+    from pea.layout import adapter_dir
+    from pea.train.loop import _Models, micro_step, training_objects
+
+    storage = Storage(str(tmp_path))
+    student = worker[2]
+    for path, data in student_files(student, tmp_path / "scratch").items():
+        name = Path(path).relative_to(tmp_path / "scratch")
+        storage.write_bytes(data, *adapter_dir("ko", "pea-unet-sdxl-midless-tiny-sdxl", *name.parts))
+    cfg = TrainConfig(batch_size=4, lr=1e-3, warmup_steps=0, unet_from="pea-unet-sdxl-midless-tiny-sdxl").for_preset(TINY)
+    job = TrainJob.model_construct(lang="ko", preset=TINY.name, model_cache=str(model_cache), cached=False,
+                                   data_prefix=("shards",), adapter=adapter_config(KO, TINY, cfg), train=cfg)
+    models = _Models(job, torch.device("cpu"), storage)
+    assert models.base_unet.mid_block is None and not any(p.requires_grad for p in models.base_unet.parameters())
+    assert all(torch.equal(models.base_unet.state_dict()[k], v) for k, v in student.state_dict().items())
+    adapter, _, _, generator = training_objects(job, models, "cpu", 0)
+    batch = worker[6]
+    result = micro_step(adapter, models, batch, cfg.kd_config(), cfg, generator, 0, sync=True)
+    assert result.terms["feature_kd"] > 0 and all(p.grad is not None for p in adapter.parameters())

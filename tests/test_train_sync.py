@@ -30,7 +30,7 @@ CFG = TrainConfig(batch_size=4, lr=1e-2, on_nonfinite="raise")
 def _models(model_cache: Path, null) -> SimpleNamespace:
     pipe = load_pipeline(get_preset(PRESET), model_cache)
     return SimpleNamespace(unet=HookedUNet(pipe.unet, KD.feature_blocks),
-                           scheduler=training_scheduler(pipe.scheduler.config), null=null)
+                           scheduler=training_scheduler(pipe.scheduler.config), null=null, compression=None)
 
 
 def _adapter(batch) -> PEAAdapter:

@@ -41,6 +41,9 @@ class TrainConfig(BaseModel):
     lora_rank: int = Field(4, gt=0, le=1024)  # method lora: LoRA rank r (alpha = r, as diffusers' SDXL LoRA script)
     recipe: name_type("recipe name") | None = None  # method compress: the student (pea/resources/compress.yaml)
     compress: CompressLosses = CompressLosses()  # method compress: BK-SDM's loss weights and paired blocks
+    # PEA and its ablations: distil against this compression run's student UNet (same language's storage, e.g.
+    # pea-unet-sdxl-midless-toy) instead of the preset's UNet; None: the preset's
+    unet_from: name_type("run name") | None = None
     # train on one of the language's other encoders (paper Table 1: multilingual-clip, mt5); None: its own
     encoder_variant: Literal[ENCODER_VARIANTS] | None = None
     seed: int = 0
@@ -77,6 +80,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"no compression recipe {self.recipe!r}; known: {', '.join(recipes())}")
         if self.method == COMPRESS and self.kd is not None:
             raise ValueError("method compress trains with its own loss weights (`compress`), not `kd`")
+        if self.unet_from is not None and self.method not in ABLATIONS:
+            raise ValueError(f"unet_from (a student UNet to distil against) is for PEA and its ablations, "
+                             f"not method {self.method!r}")
         return self
 
     def kd_config(self) -> KDConfig:
@@ -89,7 +95,8 @@ class TrainConfig(BaseModel):
         encoder variant (so a baseline's or a variant's job never resumes the default adapter's)."""
         if self.method == COMPRESS:
             return self.run_name or compress_run_name(self.recipe, preset, suffix)
-        return self.run_name or run_name(lang, preset, suffix, method=self.method, encoder_variant=self.encoder_variant)
+        name = run_name(lang, preset, suffix, method=self.method, encoder_variant=self.encoder_variant)
+        return self.run_name or (f"{name}-on-{self.unet_from}" if self.unet_from else name)
 
     def identity(self) -> dict:
         """What decides the trained weights: a resumed run must match it. Left out: the run name (the job's
@@ -99,6 +106,7 @@ class TrainConfig(BaseModel):
         before those fields existed still resume)."""
         exclude = RUNTIME_FIELDS | ({"lora_rank"} if self.method != "lora" else set())
         exclude |= {"recipe", "compress"} if self.method != COMPRESS else set()
+        exclude |= {"unet_from"} if self.unet_from is None else set()
         exclude |= {"encoder_variant"} if self.encoder_variant is None else set()
         return self.model_dump(mode="json", exclude=exclude)
 

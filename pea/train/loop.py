@@ -59,11 +59,12 @@ class _Models:
         preset = get_preset(job.preset)
         cache = Path(job.model_cache)
         cached_text = job.cached and _cached_text(storage, job) and job.adapter.encoder_variant is None
+        student = _student_unet(storage, job) if job.train.unet_from else {}  # distilling against a student
         if cached_text:
-            unet, scheduler_config = _unet(preset, cache, device)
+            unet, scheduler_config = _unet(preset, cache, device, student.get("unet"))
             self.null, self.text = load_null(storage, job.lang, job.preset), None
         else:  # the VAE only when no latents were cached; the UNet from the pipeline either way
-            pipe = load_frozen_pipeline(preset, cache, device, **({"vae": None} if job.cached else {}))
+            pipe = load_frozen_pipeline(preset, cache, device, **({"vae": None} if job.cached else {}), **student)
             spec = preset.student_for(get_language(job.lang), job.adapter.encoder_variant)
             student = load_text_encoder(spec, cache).to(device)
             student.model.to(dtype=pipe.text_encoder.dtype)
@@ -106,9 +107,9 @@ def _cached_text(storage: Storage, job: TrainJob) -> bool:
     return manifest["text_embeddings"]
 
 
-def _unet(preset, cache: Path, device: torch.device):
+def _unet(preset, cache: Path, device: torch.device, student=None):
     """The UNet alone (in half precision on a GPU: no fp32 copy of 2.6 B frozen weights re-cast on every pass
-    under autocast) and the scheduler's config."""
+    under autocast), or `student` in its place cast the same way, and the scheduler's config."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from pea.models.loading import pipeline_source
@@ -116,8 +117,26 @@ def _unet(preset, cache: Path, device: torch.device):
 
     source = pipeline_source(preset, cache)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=frozen_dtype(device.type, bf16))
+    dtype = frozen_dtype(device.type, bf16)
+    unet = (student.to(dtype=dtype) if student is not None
+            else UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype))
     return unet, DDPMScheduler.load_config(source, subfolder="scheduler")
+
+
+def _student_unet(storage: Storage, job: TrainJob) -> dict:
+    """{"unet": the compression run `job.train.unet_from`'s student}, read from its folder in storage (through
+    a local temporary copy: from_pretrained reads local files), every key present."""
+    from diffusers import UNet2DConditionModel
+
+    from pea.compress.student import STUDENT_FILES
+    from pea.layout import adapter_dir
+
+    folder = adapter_dir(job.lang, job.train.unet_from)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in STUDENT_FILES:
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_bytes(storage.read_bytes(*folder, *name.split("/")))
+        return {"unet": UNet2DConditionModel.from_pretrained(Path(tmp) / "unet")}
 
 
 def _distributed() -> bool:

@@ -126,6 +126,7 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     side by side."""
     preset.student_for(language, cfg.encoder_variant)  # a variant the language or preset lacks fails before a job
     _recipe_fits(cfg, preset)
+    _student_exists(profile, language, cfg)
     cfg = cfg.model_copy(update={"run_name": cfg.job_name(language.code, preset.name)})
     if profile.ray.jobs_address:
         from pea.train.jobs import train_as_job
@@ -143,6 +144,17 @@ def _recipe_fits(cfg: TrainConfig, preset: Preset) -> None:
         fitting = [name for name, r in registry().items() if r.family == preset.family]
         raise PeaError(f"compression recipe {cfg.recipe!r} is for {get_recipe(cfg.recipe).family} UNets, preset "
                        f"{preset.name!r} is {preset.family}", f"use one of: {', '.join(fitting)}")
+
+
+def _student_exists(profile: Profile, language: Language, cfg: TrainConfig) -> None:
+    """An adapter distilled against a student (`unet_from`) needs that compression run's finished student."""
+    from pea.compress.student import STUDENT_FILES
+
+    weights = adapter_dir(language.code, cfg.unet_from or "", *STUDENT_FILES[1].split("/"))
+    if cfg.unet_from and not profile.storage().exists(*weights):
+        raise PeaError(f"no student UNet of compression run {cfg.unet_from!r} for {language.code!r}",
+                       f"run `pea compress --recipe <recipe> --lang {language.code}` first (its run name is the "
+                       "unet_from to give)")
 
 
 def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: TrainConfig,
