@@ -7,15 +7,16 @@
 2. Its adapter trained on the teacher (method pea, the toy preset's defaults: what `pea train` runs).
 3. The student distilled on the same shards' English side (pea.train.run.train_adapter, method compress:
    what `pea compress` runs; BK-SDM's loss weights; the adapter's step count unless --steps).
-4. Both UNets: parameters, and the median CPU time of one forward at the toy latent size (pea.compress.measure).
-5. The judge on held-out prompts (pea.toy.quality.judged) with the teacher's UNet, the distilled student's and
+4. A second adapter distilled against the student (train.unet_from: the student is its frozen UNet).
+5. Both UNets: parameters, and the median CPU time of one forward at the toy latent size (pea.compress.measure).
+6. The judge on held-out prompts (pea.toy.quality.judged) with the teacher's UNet, the distilled student's and
    the student as the recipe makes it before distillation (the teacher's kept blocks), each in every system:
    the English prompts ("teacher_en": the UNet alone) and the adapter (the language's prompts through the
-   adapter trained in 2, which never saw a student).
+   adapter trained in 2, which never saw a student); and the adapter of 4 on the student.
 
 The last line is one JSON object: param_ratio and latency_ratio (student / teacher), judge_ratio (student /
 teacher, English held-out), adapter_judge_ratio (adapter on the student / adapter on the teacher), and the
-numbers they come from.
+numbers they come from (adapter_on_student_distilled: the adapter of 4).
 """
 
 import argparse
@@ -71,6 +72,8 @@ def main():
                                                        "steps": args.steps or config.train.steps})
         student = train_adapter(profile, language, preset, compress_cfg, LOG)
         student_folder = Path(student.adapter_uri) / "unet"
+        on_student_cfg = config.train.model_copy(update={"unet_from": student.run_name})
+        adapter_on_student = train_adapter(profile, language, preset, on_student_cfg, LOG)
         teacher_unet, student_unet, side = unets(profile, preset, student_folder)
         teacher_s = cpu_latency(teacher_unet, side, args.repeats)
         student_s = cpu_latency(student_unet, side, args.repeats)
@@ -78,6 +81,8 @@ def main():
         on_teacher, on_student, on_undistilled = (
             judged(profile, language, config, Path(adapter.adapter_uri), language, sets=("mg",), unet=unet)
             for unet in (None, student_folder, undistilled))
+        distilled_on_student = judged(profile, language, config, Path(adapter_on_student.adapter_uri), language,
+                                      sets=("mg",), unet=student_folder)["candidate"]["mg_judge"]
         minutes = (time.perf_counter() - start) / 60
     teacher_en, student_en = on_teacher["teacher_en"]["mg_judge"], on_student["teacher_en"]["mg_judge"]
     adapter_teacher, adapter_student = on_teacher["candidate"]["mg_judge"], on_student["candidate"]["mg_judge"]
@@ -90,18 +95,19 @@ def main():
         "judge_heldout": {"teacher_en": teacher_en, "student_en": student_en, "adapter_on_teacher": adapter_teacher,
                           "adapter_on_student": adapter_student,
                           "undistilled_en": on_undistilled["teacher_en"]["mg_judge"],
-                          "adapter_on_undistilled": on_undistilled["candidate"]["mg_judge"]},
+                          "adapter_on_undistilled": on_undistilled["candidate"]["mg_judge"],
+                          "adapter_on_student_distilled": distilled_on_student},
         "minutes": minutes,
     }
     j = result["judge_heldout"]
     print(f"| recipe | params (ratio) | CPU step (ratio) | English held-out judge (ratio) | {args.lang} adapter (ratio) "
-          "| before distillation: English, adapter |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"| {args.lang} adapter distilled on the student | before distillation: English, adapter |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.recipe} | {params['student']:,} / {params['teacher']:,} ({result['param_ratio']:.2f}) "
           f"| {student_s * 1000:.1f} / {teacher_s * 1000:.1f} ms ({result['latency_ratio']:.2f}) "
           f"| {student_en:.3f} / {teacher_en:.3f} ({result['judge_ratio']:.2f}) "
           f"| {adapter_student:.3f} / {adapter_teacher:.3f} ({result['adapter_judge_ratio']:.2f}) "
-          f"| {j['undistilled_en']:.3f}, {j['adapter_on_undistilled']:.3f} |")
+          f"| {distilled_on_student:.3f} | {j['undistilled_en']:.3f}, {j['adapter_on_undistilled']:.3f} |")
     print(json.dumps(result))
 
 

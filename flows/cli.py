@@ -376,6 +376,8 @@ def train(
     method: Annotated[str | None, typer.Option(help="pea, or an ablation row: finetune, tkd, ulkd, ufkd, utkd, ukd.")] = None,
     encoder_variant: Annotated[str | None, typer.Option(help="Train on one of the language's other encoders "
                                                         "(multilingual-clip, mt5) instead of its own.")] = None,
+    unet_from: Annotated[str | None, typer.Option(help="Distil against a compression run's student UNet (the run "
+                                                  "name `pea compress` printed) instead of the preset's.")] = None,
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; the same name resumes that run.")] = None,
     override_config: Annotated[bool, typer.Option(help="Resume a run even though its config changed.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the run's Ray job instead (a profile with "
@@ -389,7 +391,7 @@ def train(
     Jobs API in the profile the training is a Ray job: Ctrl-C stops waiting for it, not the job, and the same
     command attaches to it again."""
     run = _run(config, preset, train__steps=steps, train__batch_size=batch_size, train__lr=lr, train__method=method,
-               train__encoder_variant=encoder_variant, train__run_name=run_name)
+               train__encoder_variant=encoder_variant, train__unet_from=unet_from, train__run_name=run_name)
     result = _train_job(run, lang, profile, stop, override_config)
     if result is not None:
         typer.echo(f"trained {result.run_name}: {result.steps} steps, adapter at {result.adapter_uri}, "

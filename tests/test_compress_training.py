@@ -156,3 +156,9 @@ def test_an_adapter_job_against_a_student_distils_through_the_student_unet(worke
     batch = worker[6]
     result = micro_step(adapter, models, batch, cfg.kd_config(), cfg, generator, 0, sync=True)
     assert result.terms["feature_kd"] > 0 and all(p.grad is not None for p in adapter.parameters())
+
+
+def test_pea_train_unet_from_names_the_missing_student_in_one_line(pea_cli, tmp_path):
+    result = pea_cli("train", "--lang", "ko", "--unet-from", "pea-unet-x", cwd=tmp_path)
+    assert result.code != 0 and "no student UNet of compression run 'pea-unet-x'" in result.err
+    assert "Traceback" not in result.err

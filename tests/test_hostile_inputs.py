@@ -101,7 +101,8 @@ def test_deployment_parameters_with_a_bad_name_are_refused_before_the_flow_runs(
     with pytest.raises(PeaError, match=r"name '\.\./\.\./x' is not a valid name"):
         pea.validate_parameters({"lang": "ko", "config": fields})
     config_schema = str(pea.parameters.model_dump())
-    assert config_schema.count(NAME_PATTERN) == 2  # the source name and the run name
+    # the source name, the run name, the compression recipe and unet_from (a compression run's name)
+    assert config_schema.count(NAME_PATTERN) == 4
 
 
 def test_a_run_config_file_with_a_bad_source_name_is_one_line(tmp_path, pea_cli):
