@@ -59,12 +59,13 @@ class _Models:
         preset = get_preset(job.preset)
         cache = Path(job.model_cache)
         cached_text = job.cached and _cached_text(storage, job) and job.adapter.encoder_variant is None
-        student = _student_unet(storage, job) if job.train.unet_from else {}  # distilling against a student
+        student = _student_unet(storage, job) if job.train.unet_from else None  # distilling against a student
         if cached_text:
-            unet, scheduler_config = _unet(preset, cache, device, student.get("unet"))
+            unet, scheduler_config = _unet(preset, cache, device, student)
             self.null, self.text = load_null(storage, job.lang, job.preset), None
         else:  # the VAE only when no latents were cached; the UNet from the pipeline either way
-            pipe = load_frozen_pipeline(preset, cache, device, **({"vae": None} if job.cached else {}), **student)
+            pipe = load_frozen_pipeline(preset, cache, device, **({"vae": None} if job.cached else {}),
+                                        **({"unet": student} if student is not None else {}))
             spec = preset.student_for(get_language(job.lang), job.adapter.encoder_variant)
             student = load_text_encoder(spec, cache).to(device)
             student.model.to(dtype=pipe.text_encoder.dtype)
@@ -123,9 +124,9 @@ def _unet(preset, cache: Path, device: torch.device, student=None):
     return unet, DDPMScheduler.load_config(source, subfolder="scheduler")
 
 
-def _student_unet(storage: Storage, job: TrainJob) -> dict:
-    """{"unet": the compression run `job.train.unet_from`'s student}, read from its folder in storage (through
-    a local temporary copy: from_pretrained reads local files), every key present."""
+def _student_unet(storage: Storage, job: TrainJob):
+    """The compression run `job.train.unet_from`'s student UNet, read from its folder in storage (through a
+    local temporary copy: from_pretrained reads local files), every key present."""
     from diffusers import UNet2DConditionModel
 
     from pea.compress.student import STUDENT_FILES
@@ -136,7 +137,7 @@ def _student_unet(storage: Storage, job: TrainJob) -> dict:
         for name in STUDENT_FILES:
             (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
             (Path(tmp) / name).write_bytes(storage.read_bytes(*folder, *name.split("/")))
-        return {"unet": UNet2DConditionModel.from_pretrained(Path(tmp) / "unet")}
+        return UNet2DConditionModel.from_pretrained(Path(tmp) / "unet")
 
 
 def _distributed() -> bool:

@@ -150,8 +150,9 @@ def _student_exists(profile: Profile, language: Language, cfg: TrainConfig) -> N
     """An adapter distilled against a student (`unet_from`) needs that compression run's finished student."""
     from pea.compress.student import STUDENT_FILES
 
-    weights = adapter_dir(language.code, cfg.unet_from or "", *STUDENT_FILES[1].split("/"))
-    if cfg.unet_from and not profile.storage().exists(*weights):
+    if cfg.unet_from is None:
+        return
+    if not profile.storage().exists(*adapter_dir(language.code, cfg.unet_from, *STUDENT_FILES[1].split("/"))):
         raise PeaError(f"no student UNet of compression run {cfg.unet_from!r} for {language.code!r}",
                        f"run `pea compress --recipe <recipe> --lang {language.code}` first (its run name is the "
                        "unet_from to give)")
