@@ -14,6 +14,9 @@ def key(*made_of) -> str:
     return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:12]
 
 
+STUDENTS = "unet"  # in place of a language: the scope of what belongs to none (the registered student UNets' locks)
+
+
 def raw_dir(lang: str, *parts: str) -> tuple[str, ...]:
     """img2dataset shards per source: raw/<source>/."""
     return (lang, "raw", *parts)

@@ -5,6 +5,10 @@ baselines (pea.baselines: `wkwv`, `lora`) change the UNet, so they are no plug-i
 
 A version is the training run's adapter logged as a pyfunc model (pea/serving.py) on that run; registering
 the same run again finds its version instead of making a second one, so a retried task is harmless.
+
+A compressed student UNet (pea.compress) registers as `pea-unet-<recipe>`, of no language, with the same
+aliases and gate: its version's source is the diffusers UNet folder the compression run logged, so what
+`models:/pea-unet-<recipe>@champion` downloads is what `UNet2DConditionModel.from_pretrained` loads.
 """
 
 import platform
@@ -17,8 +21,8 @@ from pathlib import Path
 
 from pea.adapter import CONFIG
 from pea.errors import PeaError
-from pea.names import UNET_METHODS, model_name
-from pea.tracking import client
+from pea.names import UNET_METHODS, compress_model_name, model_name
+from pea.tracking import OUTPUT_ARTIFACTS, client
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PYFUNC_NAME = "pea_adapter"
@@ -50,11 +54,16 @@ def method_tags(method: str) -> dict[str, str]:
 
 
 def version_by_alias(tracking_uri: str, lang: str, alias: str, method: str = "pea", encoder_variant: str | None = None):
-    """The model version behind `alias`, or None when the model or the alias does not exist."""
+    """The adapter version behind `alias`, or None when the model or the alias does not exist."""
+    return aliased(tracking_uri, model_name(lang, method, encoder_variant), alias)
+
+
+def aliased(tracking_uri: str, name: str, alias: str):
+    """Registered model `name`'s version behind `alias`, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(tracking_uri).get_model_version_by_alias(model_name(lang, method, encoder_variant), alias)
+        return client(tracking_uri).get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
@@ -141,9 +150,49 @@ def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags:
     return Registered(str(version.version), True)
 
 
-def apply_decision(tracking_uri: str, lang: str, version: str, promote: bool, tags: dict[str, str],
-                   method: str = "pea", encoder_variant: str | None = None) -> None:
-    mlflow_client, name = client(tracking_uri), model_name(lang, method, encoder_variant)
+def register_student(tracking_uri: str, recipe: str, run_id: str, tags: dict[str, str]) -> Registered:
+    """The student UNet compression run `run_id` logged (OUTPUT_ARTIFACTS/unet, a diffusers folder) as a version of
+    `pea-unet-<recipe>`; idempotent per run. The new version gets `challenger`."""
+    mlflow_client, name = client(tracking_uri), compress_model_name(recipe)
+    existing = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        return Registered(str(existing[0].version), False)
+    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{OUTPUT_ARTIFACTS}/unet"
+    if not any(f.path.endswith(".safetensors") for f in mlflow_client.list_artifacts(run_id, f"{OUTPUT_ARTIFACTS}/unet")):
+        raise PeaError(f"compression run {run_id} logged no student UNet under {source}",
+                       "let the compression job finish (the same run name continues it)")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = mlflow_client.create_model_version(name, source, run_id=run_id, tags=tags)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return Registered(str(version.version), True)
+
+
+def download_student(tracking_uri: str, name: str, version: str, dst: Path) -> Path:
+    """The diffusers UNet folder of a registered student version, downloaded under `dst`."""
+    import mlflow
+
+    try:
+        with _tracking(tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    except Exception as e:  # noqa: BLE001 -- MLflow raises many kinds; all mean the artifacts are not there
+        raise PeaError(f"the artifacts of {name} version {version} cannot be downloaded ({e})",
+                       "re-register the run, or move the alias to a version whose artifacts exist") from e
+    if not (local / "config.json").is_file():
+        raise PeaError(f"{name} version {version} holds no UNet (config.json missing)",
+                       "re-register the run, or move the alias to a version whose artifacts exist")
+    return local
+
+
+def apply_decision(tracking_uri: str, name: str, version: str, promote: bool, tags: dict[str, str]) -> None:
+    """The gate's decision as tags of version `version` of registered model `name`; `champion` moves to it when
+    it is promoted."""
+    mlflow_client = client(tracking_uri)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     if promote:

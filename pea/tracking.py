@@ -3,6 +3,7 @@ by its `pea.train_run` tag). With a local SQLite store, artifacts go under the p
 instead of MLflow's default ./mlruns in whatever folder the command ran from."""
 
 TRAIN_RUN_TAG = "pea.train_run"
+OUTPUT_ARTIFACTS = "adapter"  # a training run's final output among its MLflow artifacts (a student: its unet/ in it)
 
 
 def client(tracking_uri: str):

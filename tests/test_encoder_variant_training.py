@@ -173,7 +173,7 @@ def test_a_variant_adapter_registers_and_competes_under_its_own_name(trained, tm
     lineage = _lineage(mlflow.get_run(run_id))
     assert lineage == ("pea", variant)
     registered = register(uri, "ko", run_id, run.folder, {"pea.lang": "ko"}, {"lang": "ko"}, *lineage)
-    apply_decision(uri, "ko", registered.version, True, {}, *lineage)
+    apply_decision(uri, model_name("ko", *lineage), registered.version, True, {})
     assert mlflow.get_model_version(f"pea-ko-{variant}", registered.version).tags["pea.plug_in"] == "true"
     assert str(version_by_alias(uri, "ko", CHAMPION, *lineage).version) == registered.version
     assert version_by_alias(uri, "ko", CHAMPION) is None and list_versions(uri, "ko") == []

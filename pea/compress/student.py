@@ -259,3 +259,36 @@ def load_student_weights(unet, folder: Path) -> None:
     if missing or unexpected:
         raise PeaError(f"student checkpoint {folder} does not fit the recipe's student: missing {missing[:3]}, "
                        f"unexpected {unexpected[:3]}", "resume with the recipe it was started with, or a new run name")
+
+
+def copy_student(storage, lang: str, run_name: str, dst: Path) -> Path:
+    """The compression run `run_name`'s student, copied from its output folder in storage (pea.layout.adapter_dir)
+    to `dst`/unet (from_pretrained and MLflow read local files); a run with no finished student fails."""
+    from pea.layout import adapter_dir
+
+    folder = adapter_dir(lang, run_name)
+    if not storage.exists(*folder, *STUDENT_FILES[1].split("/")):
+        raise PeaError(f"no student UNet of compression run {run_name!r} for {lang!r} under {storage.uri(*folder)}",
+                       f"run `pea compress --recipe <recipe> --lang {lang}` (the same run name finishes it)")
+    for name in STUDENT_FILES:
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).write_bytes(storage.read_bytes(*folder, *name.split("/")))
+    return dst / "unet"
+
+
+def load_student(folder: Path):
+    """A saved student (a diffusers UNet folder) as UNet2DConditionModel, every weight from the file: one the
+    file lacks or has in another shape is an error, never random init (pea.models.loading.load_weights_strictly)."""
+    from diffusers import UNet2DConditionModel
+
+    from pea.models.loading import load_weights_strictly
+
+    return load_weights_strictly(UNet2DConditionModel, str(folder))
+
+
+def read_student(storage, lang: str, run_name: str):
+    """The compression run `run_name`'s student UNet, read from storage (through a local temporary copy)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_student(copy_student(storage, lang, run_name, Path(tmp)))

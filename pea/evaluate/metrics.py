@@ -132,13 +132,14 @@ def load_openclip_tiny(folder: Path) -> OpenCLIPScore:
     return OpenCLIPScore.load(config.stem, str(folder / "open_clip_model.safetensors"))
 
 
-def load_scorers(models: EvalModels, clip_ref: ModelRef, model_cache: Path) -> list[Scorer]:
-    """Every metric's scorer, models resolved from the hub id, a path or a tiny build."""
+def load_scorers(models: EvalModels, clip_ref: ModelRef, model_cache: Path, native: bool = True) -> list[Scorer]:
+    """Every metric's scorer (without `native`: the English ones only), models resolved from the hub id, a path
+    or a tiny build."""
     from pea.evaluate.image_reward import ImageRewardScorer
     from pea.models.loading import model_source
 
-    native = models.clipscore_native or clip_ref
-    scorers: list[Scorer] = [CLIPScore.load(native, model_source(native.id, model_cache))]
+    ref = models.clipscore_native or clip_ref
+    scorers: list[Scorer] = [CLIPScore.load(ref, model_source(ref.id, model_cache))] if native else []
     if models.clipscore_en.startswith("tiny-"):
         scorers.append(load_openclip_tiny(Path(model_source(models.clipscore_en, model_cache))))
     else:

@@ -24,6 +24,16 @@ class EvalPrompt:
     lang: str  # the language `native` is in (the multilingual sets mix them)
 
 
+def native(prompts: list[EvalPrompt]) -> list[str]:
+    """What a system asked in the language draws from, per prompt."""
+    return [p.native for p in prompts]
+
+
+def english(prompts: list[EvalPrompt]) -> list[str]:
+    """What a system asked in English (the base model, a compressed student) draws from, per prompt."""
+    return [p.english for p in prompts]
+
+
 def _bad(path: Path, line: int | None, problem: str) -> PeaError:
     where = f"{path}:{line}" if line else str(path)
     return PeaError(f"prompt file {where}: {problem}", "fix that line (UTF-8, tab-separated, no empty cells)")

@@ -6,6 +6,8 @@ adapter, when there is one) always, then those of `cfg.systems` in its order (pe
 `teacher_en` (the English prompt through the base model's own encoder; MG only, the upper reference),
 `translate` (native -> MT -> English -> base model) and external systems drawing from the native prompt.
 Images land under `out`, one PNG per (set, system, prompt, image), so the report can show them side by side.
+`score` does the drawing and scoring for any systems: a compressed student's evaluation (pea.compress.evaluate)
+gives it its own.
 """
 
 from collections.abc import Callable
@@ -13,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pea.evaluate.config import EvalConfig
-from pea.evaluate.prompts import EvalPrompt
+from pea.evaluate.prompts import EvalPrompt, english, native
 from pea.evaluate.suites import Suite
-from pea.evaluate.systems import ALWAYS, BASELINES, Draw
+from pea.evaluate.systems import ALWAYS, Draw
 from pea.evaluate.table import build_table
 from pea.progress import Progress, quiet
 
@@ -53,8 +55,14 @@ def _draw(call, texts: list[str], seeds: list[int], cfg: EvalConfig, device: str
     return call(texts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=generators).images
 
 
-def _scored(system: str, set_name: str) -> bool:
-    return system != "teacher_en" or set_name == "mg"  # the English teacher is the MG reference only
+@dataclass(frozen=True)
+class System:
+    """One row of an evaluation: how it draws, what it is asked (the texts of a set's prompts, one each) and the
+    sets it is scored on (None: all of the suite's)."""
+
+    draw: Draw
+    ask: Callable[[list[EvalPrompt]], list[str]] = native
+    sets: tuple[str, ...] | None = None
 
 
 def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path, progress: Progress = quiet,
@@ -62,40 +70,50 @@ def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path
              skipped: dict[str, str] | None = None) -> EvalResult:
     """`pipe` is the base diffusers pipeline; `candidate` and `champion` are PEAPipelines around it (champion
     may be None); `external` the loaded external systems of cfg.systems, `skipped` why the others were not
-    (each also becomes a note). Returns the mean of every metric per system. Progress goes to `progress` only
-    (no bars of its own): one line per (set, system) scored, with the fraction of the evaluation done."""
-    device = str(pipe.device)
-    pipe.set_progress_bar_config(disable=True)
+    (each also becomes a note). Returns the mean of every metric per system."""
+    pipe.set_progress_bar_config(disable=True)  # progress goes to `progress` only
     skipped = dict(skipped or {})
-    systems: dict[str, Callable] = {"candidate": lambda t, **kw: candidate(t, **kw)}
+    systems = {"candidate": System(lambda t, **kw: candidate(t, **kw))}
     if champion is not None:
-        systems["champion"] = lambda t, **kw: champion(t, **kw)
+        systems["champion"] = System(lambda t, **kw: champion(t, **kw))
+    base = lambda t, **kw: pipe(prompt=t, **kw)  # noqa: E731
     for name in cfg.systems:
-        if name in BASELINES:
-            systems[name] = lambda t, **kw: pipe(prompt=t, **kw)
+        if name == "teacher_en":  # the English teacher is the MG reference only
+            systems[name] = System(base, english, ("mg",))
+        elif name == "translate":
+            systems[name] = System(base, suite.translate)
         elif name in (external or {}):
-            systems[name] = external[name]
+            systems[name] = System(external[name])
         else:
             skipped.setdefault(name, "not loaded: the caller gave no draw function for it (systems.load_external)")
+    metrics = score(systems, suite, cfg, out, str(pipe.device), progress)
+    notes = list(notes or []) + [f"{system} skipped: {why}" for system, why in skipped.items()]
+    return EvalResult(metrics=metrics, prompts=dict(suite.sets), images=out, primary=suite.primary,
+                      guard=suite.guard, notes=notes, skipped=skipped, order=list(ALWAYS + cfg.systems))
+
+
+def score(systems: dict[str, System], suite: Suite, cfg: EvalConfig, out: Path, device: str,
+          progress: Progress = quiet) -> dict[str, dict[str, float]]:
+    """Every system's images of every set it is scored on (same seed per prompt and image index, whichever
+    system draws), saved under `out`, and the mean of each of the set's metrics. Progress goes to `progress`
+    only (the caller turns the pipelines' own bars off): one line per (set, system) scored, with the fraction done."""
     metrics: dict[str, dict[str, float]] = {s: {} for s in systems}
-    units = [(set_name, system) for set_name in suite.sets for system in systems
-             if _scored(system, set_name)]  # one (set, system) scored per progress step
+    units = [(set_name, name) for set_name in suite.sets for name, system in systems.items()
+             if system.sets is None or set_name in system.sets]  # one (set, system) scored per progress step
     for set_name, prompts in suite.sets.items():
-        k_range = range(cfg.images_per_prompt)
-        items = [(p, k) for p in prompts for k in k_range]
+        items = [(p, k) for p in prompts for k in range(cfg.images_per_prompt)]
         seeds = [cfg.seed + i for i in range(len(items))]
-        english_of = {p.id: t for p, t in zip(prompts, suite.translate(prompts))} if "translate" in systems else {}
-        for system, call in systems.items():
-            if not _scored(system, set_name):
+        for name, system in systems.items():
+            if (set_name, name) not in units:
                 continue
-            texts = {"teacher_en": [p.english for p, _ in items], "translate": [english_of.get(p.id) for p, _ in items]}.get(
-                system, [p.native for p, _ in items])
+            asked = dict(zip((p.id for p in prompts), system.ask(prompts)))
+            texts = [asked[p.id] for p, _ in items]
             images = []
             for start in range(0, len(items), cfg.batch_size):
-                images += _draw(call, texts[start : start + cfg.batch_size], seeds[start : start + cfg.batch_size],
-                                cfg, device)
+                images += _draw(system.draw, texts[start : start + cfg.batch_size],
+                                seeds[start : start + cfg.batch_size], cfg, device)
             for (p, k), image in zip(items, images):
-                path = image_path(out, set_name, system, p, k)
+                path = image_path(out, set_name, name, p, k)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 image.save(path)
             for scorer in suite.scorers[set_name]:
@@ -103,10 +121,8 @@ def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path
                 scores = []
                 for start in range(0, len(items), cfg.batch_size):
                     scores += scorer(images[start : start + cfg.batch_size], side[start : start + cfg.batch_size])
-                metrics[system][f"{set_name}_{scorer.name}"] = sum(scores) / len(scores)
-            progress(f"  {set_name} {system}: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in metrics[system].items() if k.startswith(set_name)),
-                fraction=(units.index((set_name, system)) + 1) / len(units))
-    notes = list(notes or []) + [f"{system} skipped: {why}" for system, why in skipped.items()]
-    return EvalResult(metrics=metrics, prompts=dict(suite.sets), images=out, primary=suite.primary,
-                      guard=suite.guard, notes=notes, skipped=skipped, order=list(ALWAYS + cfg.systems))
+                metrics[name][f"{set_name}_{scorer.name}"] = sum(scores) / len(scores)
+            progress(f"  {set_name} {name}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics[name].items() if k.startswith(set_name)),
+                fraction=(units.index((set_name, name)) + 1) / len(units))
+    return metrics

@@ -22,6 +22,7 @@ from pea.locks import stage_lock
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.progress import Progress, quiet
+from pea.train.config import COMPRESS
 
 REPORT_FILES = ("index.html", "grid.png", "curves.png")
 
@@ -134,17 +135,20 @@ def scoring_pipeline(preset: Preset, model_cache: Path, device: str):
 
 def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
                    cfg: EvalConfig = EvalConfig(), progress: Progress = quiet) -> EvalSummary:
-    from pea.models.precision import default_device
-    from mlflow.entities import Metric
-
-    from pea.evaluate.report import write_report
+    """The candidate adapter against its champion and baselines (a compression run's student against its teacher:
+    pea.compress.stage); the report under eval_dir and in the run's MLflow run."""
     from pea.evaluate.run import evaluate
     from pea.evaluate.suites import build_suite
     from pea.evaluate.systems import load_external
-    from pea.evaluate.table import SKIPPED_TAG
     from pea.inference import PEAPipeline, check_fits
+    from pea.models.precision import default_device
+
     run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     run = _train_run(profile, language, run_name)
+    if _lineage(run)[0] == COMPRESS:
+        from pea.compress.stage import evaluate_student
+
+        return evaluate_student(profile, language, preset, run, cfg, progress)
     storage = profile.storage()
     cfg = cfg.for_preset(preset)
     lock = stage_lock(storage, language.code, f"evaluate-{run_name}", progress=progress)  # one evaluation of a run at a time
@@ -169,55 +173,95 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
         result = evaluate(pipe, wrap(adapter), wrap(champion_dir) if champion_dir else None, suite, cfg,
                           tmp / "images", progress, notes, external, skipped)
         title = f"{names.model_name(language.code, *_lineage(run))}: {run_name} ({preset.name})"
-        files = write_report(result, tmp / "report", title, _history(profile, run.info.run_id), cfg.report_prompts)
-        summary = result.to_json() | {"run_name": run_name, "train_run_id": run.info.run_id, "preset": preset.name,
-                                      "champion_version": str(champion_version) if champion_dir else None,
-                                      "champion_problem": problem, "config": cfg.model_dump(mode="json")}
-        for path in files.values():
-            storage.write_bytes(path.read_bytes(), *eval_dir(language.code, run_name), path.name)
-        client = tracking.client(profile.mlflow_tracking_uri)
-        client.log_batch(run.info.run_id, metrics=[Metric(f"eval.{system}.{k}", v, 0, 0)
-                                                   for system, m in result.metrics.items() for k, v in m.items()])
-        for system, why in result.skipped.items():  # a skipped system's row in the run: its reason
-            client.set_tag(run.info.run_id, SKIPPED_TAG + system, why)
-        client.log_artifacts(run.info.run_id, str(tmp / "report"), artifact_path="report")
-        storage.write_json(summary, *eval_dir(language.code, run_name), "metrics.json")  # last: the stage's done-mark
+        return publish(profile, language, run, preset, cfg, result, title, champion_version if champion_dir else None,
+                       problem, tmp)
+
+
+def publish(profile: Profile, language: Language, run, preset: Preset, cfg: EvalConfig, result, title: str,
+            champion_version: str | None, problem: str | None, tmp: Path) -> EvalSummary:
+    """An evaluation's report, images and metrics.json under eval_dir (metrics.json last: the stage's done-mark),
+    and its numbers, skipped systems and report in the training run's MLflow run."""
+    from mlflow.entities import Metric
+
+    from pea.evaluate.report import write_report
+    from pea.evaluate.table import SKIPPED_TAG
+
+    storage, run_name = profile.storage(), run.data.tags[tracking.TRAIN_RUN_TAG]
+    files = write_report(result, tmp / "report", title, _history(profile, run.info.run_id), cfg.report_prompts)
+    summary = result.to_json() | {"run_name": run_name, "train_run_id": run.info.run_id, "preset": preset.name,
+                                  "champion_version": str(champion_version) if champion_version else None,
+                                  "champion_problem": problem, "config": cfg.model_dump(mode="json")}
+    for path in files.values():
+        storage.write_bytes(path.read_bytes(), *eval_dir(language.code, run_name), path.name)
+    client = tracking.client(profile.mlflow_tracking_uri)
+    client.log_batch(run.info.run_id, metrics=[Metric(f"eval.{system}.{k}", v, 0, 0)
+                                               for system, m in result.metrics.items() for k, v in m.items()])
+    for system, why in result.skipped.items():  # a skipped system's row in the run: its reason
+        client.set_tag(run.info.run_id, SKIPPED_TAG + system, why)
+    client.log_artifacts(run.info.run_id, str(tmp / "report"), artifact_path="report")
+    storage.write_json(summary, *eval_dir(language.code, run_name), "metrics.json")
     return EvalSummary(**summary, report=storage.uri(*eval_dir(language.code, run_name), "index.html"))
 
 
 def register_stage(profile: Profile, language: Language, preset: Preset, run_name: str | None = None,
                    gate: GateConfig = GateConfig()) -> Registration:
     """`_register` under the language's register lock (pea.locks): two runs' gates deciding at once would both
-    compare against the same champion, and the last to move the alias would win."""
+    compare against the same champion, and the last to move the alias would win. A compression run's student
+    registers as pea-unet-<recipe> (pea.compress.stage)."""
     run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
+    run = _train_run(profile, language, run_name)
+    if _lineage(run)[0] == COMPRESS:
+        from pea.compress.stage import register_student_stage
+
+        return register_student_stage(profile, language, preset, run, gate)
     with stage_lock(profile.storage(), language.code, "register"):
-        return _register(profile, language, preset, run_name, gate)
+        return _register(profile, language, preset, run, gate)
 
 
-def _register(profile: Profile, language: Language, preset: Preset, run_name: str, gate: GateConfig) -> Registration:
-    from pea.gate import Decision, decide
-    from pea.registry import CHAMPION, apply_decision, register, version_by_alias
+def evaluated(profile: Profile, language: Language, run_name: str) -> dict:
+    """The run's metrics.json (pea.evaluate.stage.publish wrote it), or an error saying to evaluate it first."""
     storage = profile.storage()
     if not storage.exists(*eval_dir(language.code, run_name), "metrics.json"):
-        raise PeaError(f"training run {run_name!r} has not been evaluated", f"run `pea evaluate --lang {language.code}` first")
-    summary = storage.read_json(*eval_dir(language.code, run_name), "metrics.json")
-    run = _train_run(profile, language, run_name)
+        raise PeaError(f"training run {run_name!r} has not been evaluated",
+                       f"run `pea evaluate --lang {language.code} --run-name {run_name}` first")
+    return storage.read_json(*eval_dir(language.code, run_name), "metrics.json")
+
+
+def _register(profile: Profile, language: Language, preset: Preset, run, gate: GateConfig) -> Registration:
+    from pea.registry import register
+
+    run_name = run.data.tags[tracking.TRAIN_RUN_TAG]
+    summary = evaluated(profile, language, run_name)
     lineage = _lineage(run)
-    candidate = summary["metrics"]["candidate"]
-    primary, guard = summary["primary"], summary["guard"]
     tags = {k: run.data.tags.get(k, "unknown") for k in ("pea.data_digest", "pea.code_revision", "pea.student_encoder")}
     tags |= {"pea.encoder_variant": lineage[1]} if lineage[1] else {}
-    tags |= {"pea.lang": language.code, "pea.preset": preset.name, "pea.base_model": preset.model_id or preset.name,
-             "pea.train_run": run_name, "pea.primary": primary, "pea.primary_value": f"{candidate[primary]:.6g}",
-             "pea.guard": guard, "pea.guard_value": f"{candidate[guard]:.6g}",
-             **{f"pea.metric.{k}": f"{v:.6g}" for k, v in candidate.items()}}
+    tags |= {"pea.lang": language.code} | registry_tags(preset, run_name, summary)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = _adapter_copy(profile, language, run_name, Path(tmp) / "adapter")
         registered = register(profile.mlflow_tracking_uri, language.code, run.info.run_id, adapter, tags,
                               {"lang": language.code, "preset": preset.name, "model_cache": str(profile.model_cache)},
                               *lineage)
         shutil.rmtree(adapter)
-    champion = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, *lineage)
+    return gated(profile, names.model_name(language.code, *lineage), registered, summary, gate)
+
+
+def registry_tags(preset: Preset, run_name: str, summary: dict) -> dict[str, str]:
+    """What every registered version records of its base model, run and evaluation."""
+    candidate, primary, guard = summary["metrics"]["candidate"], summary["primary"], summary["guard"]
+    return {"pea.preset": preset.name, "pea.base_model": preset.model_id or preset.name, "pea.train_run": run_name,
+            "pea.primary": primary, "pea.primary_value": f"{candidate[primary]:.6g}",
+            "pea.guard": guard, "pea.guard_value": f"{candidate[guard]:.6g}",
+            **{f"pea.metric.{k}": f"{v:.6g}" for k, v in candidate.items()}}
+
+
+def gated(profile: Profile, model: str, registered, summary: dict, gate: GateConfig) -> Registration:
+    """The champion gate on a newly registered version of `model`, from its evaluation's numbers (`summary`, its
+    metrics.json): the decision as the version's tags, `champion` moved to it when it wins."""
+    from pea.gate import Decision, decide
+    from pea.registry import CHAMPION, aliased, apply_decision
+
+    candidate, primary, guard = summary["metrics"]["candidate"], summary["primary"], summary["guard"]
+    champion = aliased(profile.mlflow_tracking_uri, model, CHAMPION)
     if champion is not None and str(champion.version) == registered.version:
         decision = Decision(False, "this version is the champion already", {})
     else:
@@ -227,10 +271,8 @@ def _register(profile: Profile, language: Language, preset: Preset, run_name: st
             problem = f"the champion is v{champion.version} but this evaluation compared against {compared or 'none'}"
         decision = decide(candidate, summary["metrics"].get("champion") if champion else None, primary, guard, gate,
                           problem if champion is not None else None)
-        apply_decision(profile.mlflow_tracking_uri, language.code, registered.version, decision.promote, decision.tags(),
-                       *lineage)
+        apply_decision(profile.mlflow_tracking_uri, model, registered.version, decision.promote, decision.tags())
     champion_version = registered.version if decision.promote else str(champion.version) if champion else None
-    return Registration(model=names.model_name(language.code, *lineage), version=registered.version,
-                        new_version=registered.created, promoted=decision.promote, reason=decision.reason,
-                        champion_version=champion_version, primary=primary, guard=guard, candidate=candidate,
-                        champion=summary["metrics"].get("champion"))
+    return Registration(model=model, version=registered.version, new_version=registered.created,
+                        promoted=decision.promote, reason=decision.reason, champion_version=champion_version,
+                        primary=primary, guard=guard, candidate=candidate, champion=summary["metrics"].get("champion"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pea.evaluate.metrics import Scorer, load_scorers
-from pea.evaluate.prompts import EvalPrompt, mc_prompts, mg_prompts
+from pea.evaluate.prompts import EvalPrompt, english, mc_prompts, mg_prompts
 from pea.languages import Language, get_language
 from pea.presets import Preset
 
@@ -41,6 +41,21 @@ def build_suite(preset: Preset, language: Language, model_cache: Path) -> Suite:
     return Suite(sets={"mg": mg_prompts(language.code), "mc": mc_prompts(language.code)},
                  scorers={"mg": scorers, "mc": native}, translate=_machine_translation(preset, language, model_cache),
                  primary="mc_clipscore_native", guard="mg_image_reward")
+
+
+def build_english_suite(preset: Preset, language: Language, model_cache: Path) -> Suite:
+    """What a compressed student UNet is measured on against its teacher (pea.compress.evaluate): the MG sets,
+    asked in English, scored by the English metrics (no culture set: the teacher knows no native prompts). The
+    gate reads CLIPScore_en, the metric BK-SDM reports beside FID, and guards ImageReward; in the toy world the
+    judge on held-out scenes, guarded by the seen ones."""
+    if preset.eval_models.toy_judge:
+        sets, scenes = toy_prompts(language.code)
+        general = _toy_general(scenes, model_cache)
+        return Suite(sets={k: sets[k] for k in ("mg", "mg_seen")}, scorers={"mg": general, "mg_seen": general},
+                     translate=english, primary="mg_judge", guard="mg_seen_judge")
+    scorers = load_scorers(preset.eval_models, language.clipscore, model_cache, native=False)
+    return Suite(sets={"mg": mg_prompts(language.code)}, scorers={"mg": scorers}, translate=english,
+                 primary="mg_clipscore_en", guard="mg_image_reward")
 
 
 def _machine_translation(preset: Preset, language: Language, model_cache: Path) -> Translate:
@@ -109,14 +124,19 @@ def toy_prompts(lang: str) -> tuple[dict[str, list[EvalPrompt]], dict]:
     return sets, scenes
 
 
-def _toy_suite(language: Language, model_cache: Path) -> Suite:
+def _toy_general(scenes: dict, model_cache: Path) -> list[JudgeScorer]:
+    """The judge on general prompts: its mean probability of the asked values, and each head's accuracy."""
     from pea.toy.build import ensure_toy, load_judge
 
-    sets, scenes = toy_prompts(language.code)
     judge = load_judge(ensure_toy(model_cache))
-    general = [JudgeScorer(judge, scenes)] + [JudgeScorer(judge, scenes, head, (head,), accuracy=True)
-                                              for head in ("shape", "color", "background")]
-    word = JudgeScorer(judge, scenes, "judge_word", ("shape", "color"))
+    return [JudgeScorer(judge, scenes)] + [JudgeScorer(judge, scenes, head, (head,), accuracy=True)
+                                           for head in ("shape", "color", "background")]
+
+
+def _toy_suite(language: Language, model_cache: Path) -> Suite:
+    sets, scenes = toy_prompts(language.code)
+    general = _toy_general(scenes, model_cache)
+    word = JudgeScorer(general[0].judge, scenes, "judge_word", ("shape", "color"))
     return Suite(sets=sets, scorers={"mg": general, "mg_seen": general, "mc": [word]},
-                 translate=lambda prompts: [p.english for p in prompts],  # the world's dictionary (lossy on culture)
+                 translate=english,  # the world's dictionary (lossy on culture)
                  primary="mc_judge_word", guard="mg_judge")

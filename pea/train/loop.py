@@ -125,19 +125,10 @@ def _unet(preset, cache: Path, device: torch.device, student=None):
 
 
 def _student_unet(storage: Storage, job: TrainJob):
-    """The compression run `job.train.unet_from`'s student UNet, read from its folder in storage (through a
-    local temporary copy: from_pretrained reads local files), every key present."""
-    from diffusers import UNet2DConditionModel
+    """The compression run `job.train.unet_from`'s student UNet, read from its folder in storage, every key present."""
+    from pea.compress.student import read_student
 
-    from pea.compress.student import STUDENT_FILES
-    from pea.layout import adapter_dir
-
-    folder = adapter_dir(job.lang, job.train.unet_from)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in STUDENT_FILES:
-            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
-            (Path(tmp) / name).write_bytes(storage.read_bytes(*folder, *name.split("/")))
-        return UNet2DConditionModel.from_pretrained(Path(tmp) / "unet")
+    return read_student(storage, job.lang, job.train.unet_from)
 
 
 def _distributed() -> bool:

@@ -88,7 +88,7 @@ def flatten(prefix: str, value) -> dict[str, str]:
     return {prefix: str(value)}
 
 
-def _mlflow_run(profile: Profile, language: Language, run_name: str, params: dict, tags: dict) -> str:
+def mlflow_run(profile: Profile, language: Language, run_name: str, params: dict, tags: dict) -> str:
 
     from pea.tracking import TRAIN_RUN_TAG, experiment_id, find_train_run
 
@@ -181,11 +181,8 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
     identity = {"lang": language.code, "preset": preset.name, "data_digest": data_digest, "cached_features": cached,
                 "adapter": adapter.model_dump(mode="json"), "train": cfg.identity()}
     _same_config(profile.storage(), language.code, run_name, identity, override_config)
-    run_id = _mlflow_run(profile, language, run_name, params=flatten("", identity),
-                         tags={"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
-                               "pea.code_revision": code_revision(), "pea.student_encoder": spec.id,
-                               "pea.encoder_variant": cfg.encoder_variant or "default", "pea.method": cfg.method,
-                               **({"pea.recipe": cfg.recipe} if cfg.recipe else {})})
+    run_id = mlflow_run(profile, language, run_name, params=flatten("", identity),
+                         tags=run_tags(language, preset, cfg, data_digest))
     job = TrainJob(lang=language.code, run_name=run_name, preset=preset.name, model_cache=str(profile.model_cache),
                    storage_root=profile.storage_root, s3_endpoint_url=profile.s3.endpoint_url, data_prefix=prefix,
                    cached=cached, index=index, adapter=adapter, train=cfg, switches=switches,
@@ -212,6 +209,15 @@ def _train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tr
         raise PeaError(f"training {run_name} failed: {_root_message(e)}",
                        "fix the cause and run again with the same run name to continue from the last checkpoint") from e
     return _finalize(profile, language, run_name, run_id, result)
+
+
+def run_tags(language: Language, preset: Preset, cfg: TrainConfig, data_digest: str) -> dict[str, str]:
+    """A training job's MLflow tags: what registration copies onto its version and what the stages dispatch on
+    (pea.method, pea.recipe)."""
+    return {"pea.lang": language.code, "pea.preset": preset.name, "pea.data_digest": data_digest,
+            "pea.code_revision": code_revision(), "pea.student_encoder": preset.student_for(language, cfg.encoder_variant).id,
+            "pea.encoder_variant": cfg.encoder_variant or "default", "pea.method": cfg.method,
+            **({"pea.recipe": cfg.recipe} if cfg.recipe else {})}
 
 
 def _same_config(storage, lang: str, run_name: str, identity: dict, override: bool) -> None:
@@ -256,23 +262,28 @@ def _finish_run(profile: Profile, run_id: str, status: str) -> None:
 
 def _finalize(profile, language, run_name, run_id, result) -> TrainResult:
     import json
+
+    with result.checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / "state.json").read_text())
+        save_output(profile, language, run_name, run_id, Path(folder))
+    tracking.client(profile.mlflow_tracking_uri).set_terminated(run_id, "FINISHED")
+    return TrainResult(run_name=run_name, mlflow_run_id=run_id,
+                       adapter_uri=profile.storage().uri(*adapter_dir(language.code, run_name)),
+                       checkpoint_path=result.checkpoint.path, steps=state["step"], metrics=result.metrics or {})
+
+
+def save_output(profile: Profile, language: Language, run_name: str, run_id: str, folder: Path) -> None:
+    """A finished job's output from its last checkpoint `folder`: the adapter (with a baseline's UNet part), or a
+    compression job's student alone, under adapter_dir and among its MLflow run's artifacts (OUTPUT_ARTIFACTS).
+    The adapter weights (the student's) are written last: the flow takes them as the mark of a finished job."""
     import tempfile
 
     storage = profile.storage()
-    with result.checkpoint.as_directory() as folder:
-        folder = Path(folder)
-        state = json.loads((folder / "state.json").read_text())
-        # a baseline's UNet part too, or a compression job's student alone; the adapter weights (the student's)
-        # last: the flow takes them as the mark of a finished job
-        files = [name for name in (CONFIG, *PART_FILES, WEIGHTS, *STUDENT_FILES) if (folder / name).is_file()]
+    files = [name for name in (CONFIG, *PART_FILES, WEIGHTS, *STUDENT_FILES) if (folder / name).is_file()]
+    for name in files:
+        storage.write_bytes((folder / name).read_bytes(), *adapter_dir(language.code, run_name, *name.split("/")))
+    with tempfile.TemporaryDirectory() as tmp:
         for name in files:
-            storage.write_bytes((folder / name).read_bytes(), *adapter_dir(language.code, run_name, *name.split("/")))
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in files:
-                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
-                (Path(tmp) / name).write_bytes((folder / name).read_bytes())
-            client = tracking.client(profile.mlflow_tracking_uri)
-            client.log_artifacts(run_id, tmp, artifact_path="adapter")
-    client.set_terminated(run_id, "FINISHED")
-    return TrainResult(run_name=run_name, mlflow_run_id=run_id, adapter_uri=storage.uri(*adapter_dir(language.code, run_name)),
-                       checkpoint_path=result.checkpoint.path, steps=state["step"], metrics=result.metrics or {})
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_bytes((folder / name).read_bytes())
+        tracking.client(profile.mlflow_tracking_uri).log_artifacts(run_id, tmp, artifact_path=tracking.OUTPUT_ARTIFACTS)
