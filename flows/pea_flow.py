@@ -97,16 +97,25 @@ def run_name_for(lang: str, preset: str, train: TrainConfig) -> str:
 
 @flow(name="pea")
 def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> PipelineResult:
-    """Harvest, translate, bucket, cache, train, evaluate and register the adapter for `lang`.
+    """Harvest, translate, bucket, cache, train, evaluate and register the adapter for `lang` (a student UNet:
+    flows/compress_flow.py).
 
     `profile` is a built-in profile or a YAML path (where the run happens); PEA_* variables of the worker
     override its fields. `config` is what the run does."""
     if config.train.method == COMPRESS:  # a student UNet has no adapter to evaluate and register here
         raise PeaError("the language pipeline trains adapters; method compress distils a student UNet",
-                       f"run `pea compress --recipe {config.train.recipe} --lang {lang}` on the harvested data")
+                       f"run the compress deployment (flows/compress_flow.py), or `pea compress --recipe "
+                       f"{config.train.recipe} --lang {lang}` on the harvested data")
     prof = _profile(profile)
     language, preset = get_language(str(lang)), get_preset(config.preset)
     check_mlflow(prof.mlflow_tracking_uri)
+    features = data_stages(prof, language, preset, config)
+    train_cfg = config.train.model_copy(update={"run_name": run_name_for(language.code, preset.name, config.train)})
+    return train_and_register(prof, language, preset, config, train_cfg, features)
+
+
+def data_stages(prof: Profile, language: Language, preset: Preset, config: RunConfig) -> dict:
+    """Harvest, translate, bucket and cache (each a cached task): the features manifest training reads."""
     sources = config.data.sources
     with stage("harvest"):
         harvested = harvest(prof, language, list(sources) if sources is not None else
@@ -116,8 +125,12 @@ def pea(lang: Lang, config: RunConfig = RunConfig(), profile: str = "local") -> 
     with stage("bucket"):
         shards = bucket_shards(prof, language, preset, captions)
     with stage("cache"):
-        features = cache_features(prof, language, preset, config.data.cache_batch, config.data.cache_text, shards)
-    train_cfg = config.train.model_copy(update={"run_name": run_name_for(language.code, preset.name, config.train)})
+        return cache_features(prof, language, preset, config.data.cache_batch, config.data.cache_text, shards)
+
+
+def train_and_register(prof: Profile, language: Language, preset: Preset, config: RunConfig, train_cfg: TrainConfig,
+                       features: dict) -> PipelineResult:
+    """The training job `train_cfg` names on `features`, then its evaluation and registration."""
     with stage("train"):
         trained = train_adapter(prof, language, preset, train_cfg, features, TrainSwitches(progress="log"))
     summary, registration = evaluate(prof, language, preset, trained.run_name, config.eval, config.gate)

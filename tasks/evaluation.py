@@ -1,6 +1,7 @@
 """Evaluation and registration as Prefect tasks, with a progress artifact while images are scored and a
 table artifact of the numbers and the gate's decision. Registering touches the MLflow server, so it retries;
-it is idempotent per training run, so a retry never makes a second version."""
+it is idempotent per training run, so a retry never makes a second version. A compression run's student goes
+through the same two tasks (pea.evaluate.stage hands it to pea.compress.stage)."""
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -9,7 +10,6 @@ from pea.evaluate.config import EvalConfig, GateConfig
 from pea.evaluate.stage import EvalSummary, Registration, evaluate_stage, register_stage
 from pea.languages import Language
 from pea.layout import eval_dir
-from pea.names import model_name
 from pea.presets import Preset
 from pea.profiles import Profile
 from tasks.data import CACHE, cached_while_output_exists
@@ -30,7 +30,7 @@ def evaluate_adapter(profile: Profile, language: Language, preset: Preset, run_n
 def register_adapter(profile: Profile, language: Language, preset: Preset, run_name: str, gate: GateConfig,
                      summary: EvalSummary) -> Registration:
     outcome = register_stage(profile, language, preset, run_name, gate)
-    create_markdown_artifact(key=f"{model_name(language.code)}-evaluation", markdown=markdown(summary, outcome),
+    create_markdown_artifact(key=f"{outcome.model}-evaluation", markdown=markdown(summary, outcome),
                              description=f"{outcome.model} v{outcome.version}: evaluation and gate")
     return outcome
 

@@ -14,15 +14,15 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from pea import names
 from pea.adapter import WEIGHTS
+from pea.compress.student import STUDENT_FILES
 from pea.languages import Language
 from pea.layout import adapter_dir
 from pea.presets import Preset
 from pea.profiles import Profile
 from pea.progress import Progress
 from pea.tracking import find_train_run
-from pea.train.config import TrainConfig, TrainSwitches
+from pea.train.config import COMPRESS, TrainConfig, TrainSwitches
 from pea.train.run import TrainResult
 from pea.train.run import train_adapter as train
 from tasks.data import CACHE, cached_while_output_exists
@@ -57,8 +57,9 @@ def training_progress(profile: Profile, lang: str, run_name: str, steps: int, pr
 
 
 def _adapter(language: Language, preset: Preset, cfg: TrainConfig, **_) -> tuple[str, ...]:
-    """The file the job writes last: the final adapter's weights."""
-    return adapter_dir(language.code, cfg.job_name(language.code, preset.name), WEIGHTS)
+    """The file the job writes last: the final adapter's weights (a compression job's: its student's)."""
+    last = STUDENT_FILES[1].split("/") if cfg.method == COMPRESS else [WEIGHTS]
+    return adapter_dir(language.code, cfg.job_name(language.code, preset.name), *last)
 
 
 @cached_while_output_exists(_adapter)
@@ -72,7 +73,7 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
         result = train(profile, language, preset, cfg, switches, job_log=get_run_logger().info)
     progress(f"step {result.steps}/{cfg.steps}", 1.0)
     create_markdown_artifact(
-        key=f"{names.model_name(language.code)}-training", description="the training job",
+        key=f"{cfg.model_name(language.code)}-training", description="the training job",
         markdown=f"**{result.run_name}**: {result.steps} steps, adapter at `{result.adapter_uri}`, "
                  f"MLflow run `{result.mlflow_run_id}`")
     return result

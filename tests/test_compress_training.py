@@ -109,13 +109,26 @@ def test_pea_compress_says_in_one_line_which_recipes_fit(pea_cli, tmp_path):
     assert "Traceback" not in unknown.err + other.err
 
 
-def test_the_language_pipeline_sends_a_compression_config_to_pea_compress():
+def test_the_language_pipeline_sends_a_compression_config_to_the_compress_flow():
     from flows.pea_flow import pea
     from pea.run_config import RunConfig
 
     config = RunConfig(train=TrainConfig(method="compress", recipe="sdxl-midless"))
-    with pytest.raises(PeaError, match="run `pea compress --recipe sdxl-midless --lang ko`"):
+    with pytest.raises(PeaError) as refused:
         pea.fn("ko", config)
+    assert "compress deployment" in refused.value.fix and "`pea compress --recipe sdxl-midless --lang ko`" in refused.value.fix
+
+
+def test_the_compress_flow_refuses_a_recipe_of_another_family_and_a_kd_before_any_stage(tmp_path, monkeypatch):
+    from flows.compress_flow import Recipe, compress
+    from pea.run_config import RunConfig
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PeaError, match="recipe 'bk-sdm-small' is for sd15 UNets"):
+        compress.fn(Recipe["bk-sdm-small"], "ko", RunConfig(preset="tiny-sdxl"))
+    with pytest.raises(PeaError, match="does not fit a compression job"):
+        compress.fn(Recipe["sdxl-midless"], "ko", RunConfig(preset="tiny-sdxl", train={"kd": {"output_kd": 1.0}}))
+    assert not (tmp_path / "pea-data").exists()
 
 
 def test_an_adapter_distilled_against_a_student_is_a_pea_method_named_apart():

@@ -35,6 +35,7 @@ def test_the_deployment_runs_on_a_worker_and_refuses_bad_parameters(tmp_path):
     with LocalStack(tmp_path / "prefect", _free_port(), mlflow_port=None, extra_env=env) as stack:
         deployments = stack.prefect("deployment", "ls").stdout
         assert "pea/train-language" in deployments and "pea/retrain-ko" in deployments
+        assert "pea-compress/compress" in deployments  # flows/compress_flow.py
 
         def run(*params: str):
             return stack.prefect("deployment", "run", "pea/train-language", *params, "--watch", check=False, timeout=1200)

@@ -31,18 +31,33 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
-def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(harness, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def runs(harness, tmp_path_factory):
+    """In one folder: the pea flow, the pea flow again with another method, then the compress flow on the same
+    data (flows/compress_flow.py)."""
+    import os
+
     import ray
 
+    from flows.compress_flow import Recipe, compress
     from flows.pea_flow import pea
-    from pea.profiles import load_profile
 
-    monkeypatch.chdir(tmp_path)
+    folder, before = tmp_path_factory.mktemp("flow"), os.getcwd()
+    os.chdir(folder)
     try:
         first = pea(lang="ko", config=SMALL, return_state=True)
         second = pea(lang="ko", config=UKD, return_state=True)
+        student = compress(recipe=Recipe["sdxl-midless"], lang="ko", config=SMALL, return_state=True)
     finally:
         ray.shutdown()
+        os.chdir(before)
+    return {"folder": folder, "first": first, "second": second, "student": student}
+
+
+def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(runs):
+    from pea.profiles import load_profile
+
+    tmp_path, first, second = runs["folder"], runs["first"], runs["second"]
     assert first.is_completed() and second.is_completed(), (first.message, second.message)
     one, two = first.result(), second.result()
     assert one.registration.version == "1" and one.registration.promoted
@@ -74,6 +89,29 @@ def test_the_flow_runs_every_stage_and_a_rerun_skips_the_finished_ones(harness, 
     with get_client(sync_client=True) as client:
         progress = {a.description: a.data for a in client.read_artifacts() if a.type == "progress"}
     assert progress[f"training {two.run_name}"] == 100.0 and progress[f"evaluating {two.run_name}"] == 100.0
+
+
+def test_the_compress_flow_distils_evaluates_and_registers_a_student_on_the_cached_data(runs):
+    from diffusers import UNet2DConditionModel
+
+    from pea.profiles import load_profile
+    from pea.registry import CHAMPION, aliased, download_student
+
+    student = runs["student"]
+    assert student.is_completed(), student.message
+    result = student.result()
+    assert result.run_name.startswith("pea-unet-sdxl-midless-tiny-sdxl-")  # + the flow run's id
+    states = _task_states(student.state_details.flow_run_id)
+    assert {states[s] for s in ("translate", "bucket", "cache")} == {"Cached"}, states  # the adapters' data
+    profile = load_profile("local", env={}, cwd=runs["folder"])
+    assert find_train_run(profile.mlflow_tracking_uri, "ko", result.run_name).data.params["train.method"] == "compress"
+    reg = result.registration
+    assert (reg.model, reg.version, reg.promoted, reg.primary) == ("pea-unet-sdxl-midless", "1", True, "mg_clipscore_en")
+    metrics = profile.storage().read_json("ko", "eval", result.run_name, "metrics.json")["metrics"]
+    assert set(metrics) == {"candidate", "teacher_en"} and set(metrics["candidate"]) >= {"mg_clipscore_en"}
+    version = aliased(profile.mlflow_tracking_uri, "pea-unet-sdxl-midless", CHAMPION).version
+    folder = download_student(profile.mlflow_tracking_uri, "pea-unet-sdxl-midless", version, runs["folder"] / "dl")
+    assert UNet2DConditionModel.from_pretrained(folder).mid_block is None
 
 
 def test_bad_parameters_are_refused_before_any_work(harness, tmp_path, monkeypatch):

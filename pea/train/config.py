@@ -10,7 +10,7 @@ from pea.compress.distill import CompressLosses
 from pea.compress.recipes import registry as recipes
 from pea.distill import ABLATIONS, KDConfig
 from pea.languages import registry as languages
-from pea.names import compress_run_name, name_type, run_name
+from pea.names import compress_model_name, compress_run_name, model_name, name_type, run_name
 
 
 RUNTIME_FIELDS = {"run_name", "max_failures", "keep_checkpoints", "log_every", "checkpoint_every"}
@@ -97,6 +97,12 @@ class TrainConfig(BaseModel):
             return self.run_name or compress_run_name(self.recipe, preset, suffix)
         name = run_name(lang, preset, suffix, method=self.method, encoder_variant=self.encoder_variant)
         return self.run_name or (f"{name}-on-{self.unet_from}" if self.unet_from else name)
+
+    def model_name(self, lang: str) -> str:
+        """The registered model a job of this config becomes a version of (pea.names)."""
+        if self.method == COMPRESS:
+            return compress_model_name(self.recipe)
+        return model_name(lang, self.method, self.encoder_variant)
 
     def identity(self) -> dict:
         """What decides the trained weights: a resumed run must match it. Left out: the run name (the job's

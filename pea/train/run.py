@@ -125,7 +125,7 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
     name waits for the first instead of racing it on the same checkpoints and run config. Other run names train
     side by side."""
     preset.student_for(language, cfg.encoder_variant)  # a variant the language or preset lacks fails before a job
-    _recipe_fits(cfg, preset)
+    recipe_fits(cfg, preset)
     _student_exists(profile, language, cfg)
     cfg = cfg.model_copy(update={"run_name": cfg.job_name(language.code, preset.name)})
     if profile.ray.jobs_address:
@@ -136,7 +136,7 @@ def train_adapter(profile: Profile, language: Language, preset: Preset, cfg: Tra
         return _train_adapter(profile, language, preset, cfg, switches, override_config)
 
 
-def _recipe_fits(cfg: TrainConfig, preset: Preset) -> None:
+def recipe_fits(cfg: TrainConfig, preset: Preset) -> None:
     """A compression recipe is written for one UNet family: another preset's teacher fails here, not on a worker."""
     from pea.compress.recipes import get_recipe, registry
 
