@@ -445,7 +445,9 @@ def compress(
     result = _train_job(run, lang, profile, stop, override_config)
     if result is not None:
         typer.echo(f"distilled {result.run_name}: {result.steps} steps, student UNet at {result.adapter_uri}/unet "
-                   f"(UNet2DConditionModel.from_pretrained loads it), MLflow run {result.mlflow_run_id}")
+                   f"(UNet2DConditionModel.from_pretrained loads it), MLflow run {result.mlflow_run_id}\n"
+                   f"next: pea evaluate / pea register --lang {lang} --run-name {result.run_name} --preset {run.preset} "
+                   f"(against its teacher; registers pea-unet-{recipe})")
 
 
 @app.command()
@@ -460,7 +462,8 @@ def evaluate(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
 ):
-    """Evaluate a trained adapter on the MG/MC prompts against its baselines and the champion; write the report."""
+    """Evaluate a trained adapter on the MG/MC prompts against its baselines and the champion (a compression run's
+    student: against its teacher on the English MG prompts); write the report."""
     from pea.evaluate.stage import evaluate_stage
     from pea.languages import get_language
     from pea.names import check_name
@@ -486,7 +489,8 @@ def register(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
 ):
-    """Register an evaluated run as a version of pea-<lang>; the gate decides whether it becomes champion."""
+    """Register an evaluated run as a version of pea-<lang> (a compression run's student: pea-unet-<recipe>); the
+    gate decides whether it becomes champion."""
     from pea.evaluate.stage import register_stage
     from pea.languages import get_language
     from pea.names import check_name

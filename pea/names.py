@@ -32,12 +32,14 @@ def name_type(what: str):
 UNET_METHODS = ("wkwv", "lora")
 
 
-def model_name(lang: str, method: str = "pea", encoder_variant: str | None = None) -> str:
+def model_name(lang: str, method: str = "pea", encoder_variant: str | None = None, unet: str | None = None) -> str:
     """The registered model of a language's adapters (`pea-<lang>`: PEA and its ablations, plug-ins all), and the
     MLflow experiment of its training runs; a baseline that changes the UNet registers as `pea-<lang>-<method>`.
     An adapter on one of the language's encoder variants (pea.languages) needs that encoder, not the language's
-    own, so it registers apart too: `pea-<lang>-<variant>` (`pea-<lang>-<method>-<variant>` for a baseline)."""
-    parts = ["pea", lang, *([method] if method in UNET_METHODS else []), *([encoder_variant] if encoder_variant else [])]
+    own, so it registers apart too: `pea-<lang>-<variant>` (`pea-<lang>-<method>-<variant>` for a baseline). One
+    distilled against a compressed student (train.unet_from) is measured on that student: `...-on-<recipe>`."""
+    parts = ["pea", lang, *([method] if method in UNET_METHODS else []), *([encoder_variant] if encoder_variant else []),
+             *(["on", unet] if unet else [])]
     return "-".join(parts)
 
 

@@ -53,9 +53,10 @@ def method_tags(method: str) -> dict[str, str]:
             "pea.plug_in": str(not changes_unet).lower()}
 
 
-def version_by_alias(tracking_uri: str, lang: str, alias: str, method: str = "pea", encoder_variant: str | None = None):
+def version_by_alias(tracking_uri: str, lang: str, alias: str, method: str = "pea", encoder_variant: str | None = None,
+                     unet: str | None = None):
     """The adapter version behind `alias`, or None when the model or the alias does not exist."""
-    return aliased(tracking_uri, model_name(lang, method, encoder_variant), alias)
+    return aliased(tracking_uri, model_name(lang, method, encoder_variant, unet), alias)
 
 
 def aliased(tracking_uri: str, name: str, alias: str):
@@ -124,16 +125,17 @@ class Registered:
 
 
 def register(tracking_uri: str, lang: str, run_id: str, adapter_dir: Path, tags: dict[str, str],
-             model_config: dict, method: str = "pea", encoder_variant: str | None = None) -> Registered:
+             model_config: dict, method: str = "pea", encoder_variant: str | None = None,
+             unet: str | None = None) -> Registered:
     """Log the adapter folder (a baseline's UNet part with it) as a pyfunc model on the training run and register
-    it as a version of `model_name(lang, method, encoder_variant)`; idempotent per run. The new version gets
+    it as a version of `model_name(lang, method, encoder_variant, unet)`; idempotent per run. The new version gets
     `challenger`."""
     import mlflow
 
     from pea.resources import resource_path
     from pea.serving import requirements
 
-    mlflow_client, name = client(tracking_uri), model_name(lang, method, encoder_variant)
+    mlflow_client, name = client(tracking_uri), model_name(lang, method, encoder_variant, unet)
     tags = tags | method_tags(method)
     existing = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:

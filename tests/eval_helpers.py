@@ -13,7 +13,8 @@ from pea.presets import get_preset
 from pea.tracking import TRAIN_RUN_TAG, experiment_id
 
 
-def fake_training_run(profile, preset_name: str, lang: str, run_name: str, seed: int, scratch) -> str:
+def fake_training_run(profile, preset_name: str, lang: str, run_name: str, seed: int, scratch,
+                      params: dict[str, str] | None = None) -> str:
     language, preset = get_language(lang), get_preset(preset_name)
     spec = preset.student_for(language)
     torch.manual_seed(seed)
@@ -31,6 +32,8 @@ def fake_training_run(profile, preset_name: str, lang: str, run_name: str, seed:
                                                      "pea.code_revision": "rev0", "pea.student_encoder": spec.id})
     client.log_batch(run.info.run_id, metrics=[Metric(k, v / (s + 1), 0, s) for s in range(0, 50, 10)
                                                for k, v in (("loss", 1.0), ("output_kd", 0.6), ("lr", 1e-3))])
+    for key, value in (params or {}).items():  # as pea.train.run logs the job's identity (train.method, ...)
+        client.log_param(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -14,7 +14,7 @@ from pea.languages import get_language
 from pea.presets import get_preset
 from pea.profiles import load_profile
 from pea.registry import CHALLENGER, CHAMPION, aliased, download_student
-from tests.eval_helpers import fake_compression_run
+from tests.eval_helpers import fake_compression_run, fake_training_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 KO = get_language("ko")
@@ -95,3 +95,38 @@ def test_the_registered_champion_loads_into_a_stock_pipeline(world, tmp_path):
 def test_a_student_evaluated_with_another_preset_fails_naming_its_teacher(world):
     with pytest.raises(PeaError, match="distilled preset 'tiny-sdxl'.*--preset tiny-sdxl"):
         evaluate_stage(world["profile"], KO, get_preset("toy"), "run-a", CFG)
+
+
+@pytest.fixture(scope="module")
+def on_student(world):
+    """An adapter distilled against run-a's student (train.unet_from) evaluated before pea-ko has a champion, then
+    the language's adapter distilled against the teacher registered as pea-ko's champion, then the first evaluated
+    again and registered."""
+    profile, scratch = world["profile"], world["root"] / "scratch"
+    fake_training_run(profile, TINY.name, "ko", "on-a", 1, scratch, {"train.method": "pea", "train.unet_from": "run-a"})
+    alone = evaluate_stage(profile, KO, TINY, "on-a", CFG)
+    fake_training_run(profile, TINY.name, "ko", "plain", 0, scratch)
+    plain = evaluate_stage(profile, KO, TINY, "plain", CFG)
+    register_stage(profile, KO, TINY, "plain")
+    both = evaluate_stage(profile, KO, TINY, "on-a", CFG)
+    return {"alone": alone, "plain": plain, "both": both, "reg": register_stage(profile, KO, TINY, "on-a")}
+
+
+def test_an_adapter_distilled_against_a_student_is_scored_on_it_beside_the_teacher_trained_champion(on_student):
+    alone, plain, both = on_student["alone"], on_student["plain"], on_student["both"]
+    assert "pea-ko has no champion to plug into the student" in alone.skipped["teacher_trained"]
+    rows = [row["system"] for row in both.table["rows"]]
+    assert rows[:2] == ["candidate", "teacher_trained"] and "teacher_en" in rows
+    # every system draws with the student: the English row is the student's, not the teacher's of pea-ko's run
+    assert both.metrics["teacher_en"] != plain.metrics["teacher_en"]
+    assert both.metrics["candidate"] == pytest.approx(alone.metrics["candidate"])  # same adapter, UNet and seeds
+    assert both.metrics["teacher_trained"] != plain.metrics["candidate"]  # pea-ko's champion, on the student
+
+
+def test_an_adapter_distilled_against_a_student_registers_apart_from_the_teacher_ones(on_student, world):
+    uri = world["profile"].mlflow_tracking_uri
+    reg = on_student["reg"]
+    assert (reg.model, reg.version, reg.reason) == ("pea-ko-on-sdxl-midless", "1", "no champion yet")
+    tags = aliased(uri, "pea-ko-on-sdxl-midless", CHAMPION).tags
+    assert tags["pea.unet_recipe"] == RECIPE and tags["pea.unet_from"] == "run-a"
+    assert str(aliased(uri, "pea-ko", CHAMPION).version) == "1"  # the teacher's champion is untouched

@@ -170,8 +170,8 @@ def test_a_variant_adapter_registers_and_competes_under_its_own_name(trained, tm
     run_id = mlflow.create_run(mlflow.create_experiment("pea-ko")).info.run_id
     mlflow.log_param(run_id, "train.method", "pea")
     mlflow.log_param(run_id, "train.encoder_variant", variant)
-    lineage = _lineage(mlflow.get_run(run_id))
-    assert lineage == ("pea", variant)
+    lineage = _lineage(None, None, mlflow.get_run(run_id))  # no unet_from: nothing else is looked up
+    assert lineage == ("pea", variant, None)
     registered = register(uri, "ko", run_id, run.folder, {"pea.lang": "ko"}, {"lang": "ko"}, *lineage)
     apply_decision(uri, model_name("ko", *lineage), registered.version, True, {})
     assert mlflow.get_model_version(f"pea-ko-{variant}", registered.version).tags["pea.plug_in"] == "true"

@@ -52,13 +52,6 @@ def with_unet(pipe, unet) -> Callable:
     return draw
 
 
-def _on_device(unet, pipe):
-    """`unet` frozen on the pipeline's device in its UNet's dtype (cast only when it differs: diffusers warns on any
-    dtype given to `to`)."""
-    unet = unet.to(pipe.device) if unet.dtype == pipe.unet.dtype else unet.to(pipe.device, pipe.unet.dtype)
-    return unet.eval().requires_grad_(False)
-
-
 def _champion(profile: Profile, model: str, dst: Path) -> tuple[str | None, Path | None, str | None]:
     """(version, UNet folder, problem) of `model`'s champion, if there is one."""
     from pea.registry import CHAMPION, aliased, download_student
@@ -83,7 +76,7 @@ def evaluate_student(profile: Profile, language: Language, preset: Preset, run, 
                      progress: Progress = quiet) -> EvalSummary:
     """Compression run `run` (an MLflow run, method compress): its student, the champion student and the teacher
     on the English MG prompts; the report and metrics.json of the run."""
-    from pea.compress.student import copy_student, load_student
+    from pea.compress.student import copy_student, frozen_like, load_student
     from pea.evaluate.prompts import english
     from pea.evaluate.run import EvalResult, System, score
     from pea.evaluate.suites import build_english_suite
@@ -98,9 +91,9 @@ def evaluate_student(profile: Profile, language: Language, preset: Preset, run, 
         champion_version, champion_dir, problem = _champion(profile, model, tmp / "champion")
         pipe = scoring_pipeline(preset, profile.model_cache, default_device())
         pipe.set_progress_bar_config(disable=True)
-        systems = {"candidate": System(with_unet(pipe, _on_device(candidate, pipe)), english)}
+        systems = {"candidate": System(with_unet(pipe, frozen_like(candidate, pipe.unet)), english)}
         if champion_dir is not None:
-            systems["champion"] = System(with_unet(pipe, _on_device(load_student(champion_dir), pipe)), english)
+            systems["champion"] = System(with_unet(pipe, frozen_like(load_student(champion_dir), pipe.unet)), english)
         systems["teacher_en"] = System(lambda texts, **kw: pipe(prompt=texts, **kw), english)
         suite = build_english_suite(preset, language, profile.model_cache).limit(cfg.max_prompts)
         progress(f"evaluating student {run_name} on {', '.join(f'{len(v)} {k.upper()}' for k, v in suite.sets.items())}"

@@ -292,3 +292,11 @@ def read_student(storage, lang: str, run_name: str):
 
     with tempfile.TemporaryDirectory() as tmp:
         return load_student(copy_student(storage, lang, run_name, Path(tmp)))
+
+
+def frozen_like(unet, reference):
+    """`unet` frozen, in eval mode, on `reference`'s device and in its dtype (cast only when it differs: diffusers
+    warns on any dtype given to `to`)."""
+    same = unet.dtype == reference.dtype
+    unet = unet.to(reference.device) if same else unet.to(reference.device, reference.dtype)
+    return unet.eval().requires_grad_(False)

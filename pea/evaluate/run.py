@@ -67,15 +67,17 @@ class System:
 
 def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path, progress: Progress = quiet,
              notes: list[str] | None = None, external: dict[str, Draw] | None = None,
-             skipped: dict[str, str] | None = None) -> EvalResult:
+             skipped: dict[str, str] | None = None, others: dict[str, Draw] | None = None) -> EvalResult:
     """`pipe` is the base diffusers pipeline; `candidate` and `champion` are PEAPipelines around it (champion
     may be None); `external` the loaded external systems of cfg.systems, `skipped` why the others were not
-    (each also becomes a note). Returns the mean of every metric per system."""
+    (each also becomes a note); `others` more adapters asked in the language, scored after the champion (the
+    teacher-trained adapter beside one distilled against a student). Returns the mean of every metric per system."""
     pipe.set_progress_bar_config(disable=True)  # progress goes to `progress` only
     skipped = dict(skipped or {})
     systems = {"candidate": System(lambda t, **kw: candidate(t, **kw))}
     if champion is not None:
         systems["champion"] = System(lambda t, **kw: champion(t, **kw))
+    systems |= {name: System(draw) for name, draw in (others or {}).items()}
     base = lambda t, **kw: pipe(prompt=t, **kw)  # noqa: E731
     for name in cfg.systems:
         if name == "teacher_en":  # the English teacher is the MG reference only
@@ -89,7 +91,8 @@ def evaluate(pipe, candidate, champion, suite: Suite, cfg: EvalConfig, out: Path
     metrics = score(systems, suite, cfg, out, str(pipe.device), progress)
     notes = list(notes or []) + [f"{system} skipped: {why}" for system, why in skipped.items()]
     return EvalResult(metrics=metrics, prompts=dict(suite.sets), images=out, primary=suite.primary,
-                      guard=suite.guard, notes=notes, skipped=skipped, order=list(ALWAYS + cfg.systems))
+                      guard=suite.guard, notes=notes, skipped=skipped,
+                      order=[*ALWAYS, *(others or {}), *cfg.systems])
 
 
 def score(systems: dict[str, System], suite: Suite, cfg: EvalConfig, out: Path, device: str,

@@ -25,6 +25,9 @@ from pea.progress import Progress, quiet
 from pea.train.config import COMPRESS
 
 REPORT_FILES = ("index.html", "grid.png", "curves.png")
+# an adapter distilled against a student is scored beside the language's champion distilled against the teacher,
+# both on the student (#18 item 4)
+TEACHER_TRAINED = "teacher_trained"
 
 
 class EvalSummary(BaseModel):
@@ -75,10 +78,42 @@ def _train_run(profile: Profile, language: Language, run_name: str):
     return run
 
 
-def _lineage(run) -> tuple[str, str | None]:
-    """(method, encoder variant) of an MLflow training run (pea.train.config.TrainConfig.method and
-    .encoder_variant, logged as params): together they name the registered model (pea.names.model_name)."""
-    return run.data.params.get("train.method", "pea"), run.data.params.get("train.encoder_variant")
+def _method(run) -> str:
+    return run.data.params.get("train.method", "pea")
+
+
+def _lineage(profile: Profile, language: Language, run) -> tuple[str, str | None, str | None]:
+    """(method, encoder variant, student recipe) of an MLflow training run (pea.train.config.TrainConfig.method,
+    .encoder_variant, and the recipe of the compression run .unet_from names, logged as params): together they
+    name the registered model (pea.names.model_name)."""
+    unet_from = run.data.params.get("train.unet_from")
+    return _method(run), run.data.params.get("train.encoder_variant"), \
+        _student_recipe(profile, language, unet_from) if unet_from else None
+
+
+def _student_recipe(profile: Profile, language: Language, run_name: str) -> str:
+    from pea.tracking import find_train_run
+
+    student = find_train_run(profile.mlflow_tracking_uri, language.code, run_name)
+    if student is None or "train.recipe" not in student.data.params:
+        raise PeaError(f"the adapter was distilled against compression run {run_name!r}, which {language.code!r} "
+                       f"has no MLflow run of in {profile.mlflow_tracking_uri}", "use the profile it was trained with")
+    return student.data.params["train.recipe"]
+
+
+def _on_student(profile: Profile, language: Language, pipe, run, lineage, dst: Path) -> tuple[Path | None, str | None]:
+    """For an adapter distilled against a student (train.unet_from): the student UNet goes into `pipe`, so every
+    system draws with it, and the language's champion adapter distilled against the teacher (pea-<lang>) is
+    returned to be scored on the student beside it (or why it cannot be)."""
+    from pea.compress.student import frozen_like, read_student
+
+    if lineage[2] is None:
+        return None, None
+    pipe.unet = frozen_like(read_student(profile.storage(), language.code, run.data.params["train.unet_from"]), pipe.unet)
+    version, folder, problem = _champion(profile, language, dst, (*lineage[:2], None))
+    if folder is None:
+        return None, problem or f"{names.model_name(language.code, *lineage[:2])} has no champion to plug into the student"
+    return folder, None
 
 
 def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path) -> Path:
@@ -145,7 +180,7 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
 
     run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     run = _train_run(profile, language, run_name)
-    if _lineage(run)[0] == COMPRESS:
+    if _method(run) == COMPRESS:
         from pea.compress.stage import evaluate_student
 
         return evaluate_student(profile, language, preset, run, cfg, progress)
@@ -154,13 +189,14 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     lock = stage_lock(storage, language.code, f"evaluate-{run_name}", progress=progress)  # one evaluation of a run at a time
     with lock, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        adapter = _adapter_copy(profile, language, run_name, tmp / "candidate")
-        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion", _lineage(run))
+        adapter, lineage = _adapter_copy(profile, language, run_name, tmp / "candidate"), _lineage(profile, language, run)
+        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion", lineage)
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
         for folder in filter(None, (adapter, champion_dir)):
             check_fits(folder, language, preset)  # before the base model loads
         device = default_device()
         pipe = scoring_pipeline(preset, profile.model_cache, device)
+        teacher_trained, why_not = _on_student(profile, language, pipe, run, lineage, tmp / "teacher_trained")
 
         def wrap(folder: Path) -> PEAPipeline:
             return PEAPipeline.wrap(pipe, folder, language, preset, profile.model_cache)
@@ -168,11 +204,13 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
         suite = build_suite(preset, language, profile.model_cache).limit(cfg.max_prompts)
         langs = {p.lang for prompts in suite.sets.values() for p in prompts}
         external, skipped = load_external(cfg.systems, langs, preset, profile.model_cache, device)
+        others = {TEACHER_TRAINED: wrap(teacher_trained)} if teacher_trained else {}
+        skipped |= {TEACHER_TRAINED: why_not} if why_not else {}
         progress(f"evaluating {run_name} on {', '.join(f'{len(v)} {k.upper()}' for k, v in suite.sets.items())} prompts"
                  + (f" against champion v{champion_version}" if champion_dir else ""))
         result = evaluate(pipe, wrap(adapter), wrap(champion_dir) if champion_dir else None, suite, cfg,
-                          tmp / "images", progress, notes, external, skipped)
-        title = f"{names.model_name(language.code, *_lineage(run))}: {run_name} ({preset.name})"
+                          tmp / "images", progress, notes, external, skipped, others)
+        title = f"{names.model_name(language.code, *lineage)}: {run_name} ({preset.name})"
         return publish(profile, language, run, preset, cfg, result, title, champion_version if champion_dir else None,
                        problem, tmp)
 
@@ -210,7 +248,7 @@ def register_stage(profile: Profile, language: Language, preset: Preset, run_nam
     registers as pea-unet-<recipe> (pea.compress.stage)."""
     run_name = names.check_name(run_name or names.run_name(language.code, preset.name), "run name")
     run = _train_run(profile, language, run_name)
-    if _lineage(run)[0] == COMPRESS:
+    if _method(run) == COMPRESS:
         from pea.compress.stage import register_student_stage
 
         return register_student_stage(profile, language, preset, run, gate)
@@ -232,9 +270,10 @@ def _register(profile: Profile, language: Language, preset: Preset, run, gate: G
 
     run_name = run.data.tags[tracking.TRAIN_RUN_TAG]
     summary = evaluated(profile, language, run_name)
-    lineage = _lineage(run)
+    lineage = _lineage(profile, language, run)
     tags = {k: run.data.tags.get(k, "unknown") for k in ("pea.data_digest", "pea.code_revision", "pea.student_encoder")}
     tags |= {"pea.encoder_variant": lineage[1]} if lineage[1] else {}
+    tags |= {"pea.unet_recipe": lineage[2], "pea.unet_from": run.data.params["train.unet_from"]} if lineage[2] else {}
     tags |= {"pea.lang": language.code} | registry_tags(preset, run_name, summary)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = _adapter_copy(profile, language, run_name, Path(tmp) / "adapter")
