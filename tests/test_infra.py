@@ -81,10 +81,11 @@ def test_the_prefect_worker_serves_the_pool_the_deployments_use():
     worker = _manifests()["prefect/worker.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
     assert pools == {worker["command"][worker["command"].index("--pool") + 1]}
     assert {"name": "PEA_PROFILE", "value": PROFILE.name} in worker["env"]
-    assert {d["name"] for d in deployments} >= {"train-language", "retrain-ko", "retrain-zh", "retrain-ja",
+    assert {d["name"] for d in deployments} >= {"train-language", "compress", "retrain-ko", "retrain-zh", "retrain-ja",
                                                   "retrain-ru", "retrain-it"}
     for d in deployments:
-        assert d["entrypoint"] == "flows/pea_flow.py:pea" and d["enforce_parameter_schema"] is True
+        flow = "flows/compress_flow.py:compress" if d["name"] == "compress" else "flows/pea_flow.py:pea"
+        assert d["entrypoint"] == flow and d["enforce_parameter_schema"] is True
         for schedule in d.get("schedules", []):
             assert schedule["cron"] and schedule["timezone"]
 

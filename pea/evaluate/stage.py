@@ -110,7 +110,7 @@ def _on_student(profile: Profile, language: Language, pipe, run, lineage, dst: P
     if lineage[2] is None:
         return None, None
     pipe.unet = frozen_like(read_student(profile.storage(), language.code, run.data.params["train.unet_from"]), pipe.unet)
-    version, folder, problem = _champion(profile, language, dst, (*lineage[:2], None))
+    _, folder, problem = _champion(profile, language, dst, (*lineage[:2], None))
     if folder is None:
         return None, problem or f"{names.model_name(language.code, *lineage[:2])} has no champion to plug into the student"
     return folder, None
