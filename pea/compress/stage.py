@@ -19,7 +19,8 @@ from pathlib import Path
 from pea import names
 from pea.errors import PeaError
 from pea.evaluate.config import EvalConfig, GateConfig
-from pea.evaluate.stage import EvalSummary, Registration, evaluated, gated, publish, registry_tags, scoring_pipeline
+from pea.evaluate.stage import (EvalSummary, Registration, champion_of, evaluated, gated, publish, registry_tags,
+                               scoring_pipeline)
 from pea.languages import Language
 from pea.layout import STUDENTS
 from pea.locks import stage_lock
@@ -52,19 +53,6 @@ def with_unet(pipe, unet) -> Callable:
     return draw
 
 
-def _champion(profile: Profile, model: str, dst: Path) -> tuple[str | None, Path | None, str | None]:
-    """(version, UNet folder, problem) of `model`'s champion, if there is one."""
-    from pea.registry import CHAMPION, aliased, download_student
-
-    version = aliased(profile.mlflow_tracking_uri, model, CHAMPION)
-    if version is None:
-        return None, None, None
-    try:
-        return str(version.version), download_student(profile.mlflow_tracking_uri, model, version.version, dst), None
-    except PeaError as e:
-        return str(version.version), None, e.problem
-
-
 def _ratios(metrics: dict[str, dict[str, float]]) -> list[str]:
     """The notes that say what the student keeps of the teacher, metric by metric."""
     student, teacher = metrics["candidate"], metrics["teacher_en"]
@@ -77,6 +65,7 @@ def evaluate_student(profile: Profile, language: Language, preset: Preset, run, 
     """Compression run `run` (an MLflow run, method compress): its student, the champion student and the teacher
     on the English MG prompts; the report and metrics.json of the run."""
     from pea.compress.student import copy_student, frozen_like, load_student
+    from pea.registry import download_student
     from pea.evaluate.prompts import english
     from pea.evaluate.run import EvalResult, System, score
     from pea.evaluate.suites import build_english_suite
@@ -88,7 +77,7 @@ def evaluate_student(profile: Profile, language: Language, preset: Preset, run, 
             tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         candidate = load_student(copy_student(profile.storage(), language.code, run_name, tmp / "candidate"))
-        champion_version, champion_dir, problem = _champion(profile, model, tmp / "champion")
+        champion_version, champion_dir, problem = champion_of(profile, model, tmp / "champion", download_student)
         pipe = scoring_pipeline(preset, profile.model_cache, default_device())
         pipe.set_progress_bar_config(disable=True)
         systems = {"candidate": System(with_unet(pipe, frozen_like(candidate, pipe.unet)), english)}

@@ -110,7 +110,7 @@ def _on_student(profile: Profile, language: Language, pipe, run, lineage, dst: P
     if lineage[2] is None:
         return None, None
     pipe.unet = frozen_like(read_student(profile.storage(), language.code, run.data.params["train.unet_from"]), pipe.unet)
-    _, folder, problem = _champion(profile, language, dst, (*lineage[:2], None))
+    _, folder, problem = champion_of(profile, names.model_name(language.code, *lineage[:2]), dst)
     if folder is None:
         return None, problem or f"{names.model_name(language.code, *lineage[:2])} has no champion to plug into the student"
     return folder, None
@@ -133,21 +133,19 @@ def _adapter_copy(profile: Profile, language: Language, run_name: str, dst: Path
     return dst
 
 
-def _champion(profile: Profile, language: Language, dst: Path,
-              lineage: tuple[str, str | None] = ("pea", None)) -> tuple[str | None, Path | None, str | None]:
-    """(version, adapter folder, problem): the champion of the candidate's registered model (pea-<lang>, or
-    pea-<lang>-<method> for a baseline, -<variant> for an encoder variant) to compare against, if there is one."""
-    from pea.registry import CHAMPION, download_adapter, version_by_alias
+def champion_of(profile: Profile, model: str, dst: Path, download=None) -> tuple[str | None, Path | None, str | None]:
+    """(version, folder, problem): registered model `model`'s champion to compare against, if there is one,
+    downloaded under `dst` by `download` (pea.registry.download_adapter, or download_student for a student UNet)."""
+    from pea.registry import CHAMPION, aliased, download_adapter
 
-    version = version_by_alias(profile.mlflow_tracking_uri, language.code, CHAMPION, *lineage)
+    version = aliased(profile.mlflow_tracking_uri, model, CHAMPION)
     if version is None:
         return None, None, None
     try:
-        folder = download_adapter(profile.mlflow_tracking_uri, names.model_name(language.code, *lineage),
-                                  version.version, dst)
+        folder = (download or download_adapter)(profile.mlflow_tracking_uri, model, version.version, dst)
     except PeaError as e:
-        return version.version, None, e.problem
-    return version.version, folder, None
+        return str(version.version), None, e.problem
+    return str(version.version), folder, None
 
 
 def _history(profile: Profile, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -190,7 +188,8 @@ def evaluate_stage(profile: Profile, language: Language, preset: Preset, run_nam
     with lock, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter, lineage = _adapter_copy(profile, language, run_name, tmp / "candidate"), _lineage(profile, language, run)
-        champion_version, champion_dir, problem = _champion(profile, language, tmp / "champion", lineage)
+        champion_version, champion_dir, problem = champion_of(profile, names.model_name(language.code, *lineage),
+                                                              tmp / "champion")
         notes = [f"champion v{champion_version} could not be evaluated: {problem}"] if problem else []
         for folder in filter(None, (adapter, champion_dir)):
             check_fits(folder, language, preset)  # before the base model loads
